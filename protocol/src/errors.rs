@@ -1,0 +1,48 @@
+//! Every text a client can see, copied exactly from Supabase Realtime, in one place.
+//! Tests compare against these same constants.
+
+/// Join refused: `realtime:` with nothing after it.
+pub const TOPIC_NAME_REQUIRED: &str = "TopicNameRequired: You must provide a topic name";
+/// Join refused: the socket already has the maximum number of channels.
+pub const TOO_MANY_CHANNELS: &str = "ChannelRateLimitReached: Too many channels";
+/// Join refused: `PRIVATE_ONLY` is set and the join is public.
+pub const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
+/// Reply to a push on a topic the socket has not joined.
+pub const UNMATCHED_TOPIC: &str = "unmatched topic";
+/// Reply to a presence track whose payload is not a JSON object.
+pub const PRESENCE_NOT_A_MAP: &str = "Presence track payload must be a map";
+/// Ack reply when a broadcast payload is over the size limit (the docs' object form,
+/// which both clients accept).
+pub const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
+/// `system` message when the channel's token has expired.
+pub fn token_expired(seconds_ago: i64) -> String {
+    format!("Token has expired {seconds_ago} seconds ago")
+}
+/// `system` message (extension `postgres_changes`) sent while Postgres Changes cannot
+/// subscribe, e.g. when the server runs without a database.
+pub const PG_UNABLE_TO_CONNECT: &str = "Realtime was unable to connect to the project database";
+/// `system` ok message after Postgres Changes subscribed.
+pub const PG_SUBSCRIBED: &str = "Subscribed to PostgreSQL";
+/// `system` ok notice pushed on every topic before an operator-initiated disconnect.
+pub const SERVER_REQUESTED_DISCONNECT: &str = "Server requested disconnect";
+
+/// HTTP bodies of refused WebSocket upgrades (`{"error": ...}`).
+pub mod upgrade {
+    /// No `x-api-key` header and no `apikey` query parameter.
+    pub const API_KEY_MISSING: &str = "API key is missing";
+    /// Too many sockets connected.
+    pub const TOO_MANY_USERS: &str = "Too many connected users";
+}
+
+/// REST API bodies.
+pub mod rest {
+    /// 401 `{"message": ...}` and 403 for a refused private send.
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// 415 `{"error": ...}`.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str =
+        "Unsupported Media Type. Use application/json or application/octet-stream";
+    /// 422 per-field error for a missing or empty field.
+    pub const CANT_BE_BLANK: &str = "can't be blank";
+    /// 422 per-field error for an oversized payload.
+    pub const PAYLOAD_TOO_LARGE: &str = "Payload size exceeds tenant limit";
+}
