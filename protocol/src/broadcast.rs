@@ -66,14 +66,8 @@ impl BroadcastMessage {
                     let meta = metadata.as_deref().unwrap_or_default();
                     user_broadcast_frame(topic, event, meta, *encoding, body).or_else(|| {
                         // Too long for the one-byte lengths: JSON still reaches the client as text.
-                        (*encoding == Encoding::Json).then(|| {
-                            fastlane(
-                                vsn,
-                                topic,
-                                "broadcast",
-                                &json_map(event, metadata.as_deref(), body),
-                            )
-                        })
+                        (*encoding == Encoding::Json)
+                            .then(|| fastlane(vsn, topic, "broadcast", &json_map(event, metadata.as_deref(), body)))
                     })
                 }
                 (Vsn::V1, Encoding::Json) => Some(fastlane(
@@ -118,8 +112,7 @@ pub fn user_broadcast_frame(
         Encoding::Binary => 0,
         Encoding::Json => 1,
     };
-    let mut buf =
-        Vec::with_capacity(5 + topic.len() + event.len() + metadata.len() + payload.len());
+    let mut buf = Vec::with_capacity(5 + topic.len() + event.len() + metadata.len() + payload.len());
     buf.extend_from_slice(&[4, t, e, m, enc]);
     buf.extend_from_slice(topic.as_bytes());
     buf.extend_from_slice(event.as_bytes());
@@ -153,15 +146,33 @@ mod tests {
     fn type4_matches_server_serializer_vectors() {
         // samples/serializer-test-user_broadcast-*.hex
         let cases = [
-            ("04050a1100746f706963757365725f6576656e747b227265706c61796564223a747275657d656667", Some(r#"{"replayed":true}"#), Encoding::Binary, &b"efg"[..]),
-            ("04050a0000746f706963757365725f6576656e74656667", None, Encoding::Binary, b"efg"),
-            ("04050a1101746f706963757365725f6576656e747b227265706c61796564223a747275657d7b2261223a2262227d", Some(r#"{"replayed":true}"#), Encoding::Json, br#"{"a":"b"}"#),
-            ("04050a0001746f706963757365725f6576656e747b2261223a2262227d", None, Encoding::Json, br#"{"a":"b"}"#),
+            (
+                "04050a1100746f706963757365725f6576656e747b227265706c61796564223a747275657d656667",
+                Some(r#"{"replayed":true}"#),
+                Encoding::Binary,
+                &b"efg"[..],
+            ),
+            (
+                "04050a0000746f706963757365725f6576656e74656667",
+                None,
+                Encoding::Binary,
+                b"efg",
+            ),
+            (
+                "04050a1101746f706963757365725f6576656e747b227265706c61796564223a747275657d7b2261223a2262227d",
+                Some(r#"{"replayed":true}"#),
+                Encoding::Json,
+                br#"{"a":"b"}"#,
+            ),
+            (
+                "04050a0001746f706963757365725f6576656e747b2261223a2262227d",
+                None,
+                Encoding::Json,
+                br#"{"a":"b"}"#,
+            ),
         ];
         for (vector, meta, enc, body) in cases {
-            let f = user("user_event", meta, enc, body)
-                .encode(Vsn::V2, "topic")
-                .unwrap();
+            let f = user("user_event", meta, enc, body).encode(Vsn::V2, "topic").unwrap();
             assert_eq!(f, WireFrame::Binary(Bytes::from(hex(vector))));
         }
     }
@@ -182,15 +193,10 @@ mod tests {
     fn js_push_round_trips_to_type4() {
         // recorded/realtime-js-2.119.0-vsn2.frames.jsonl: the type-3 push and the type-4 frame peers got.
         let push = hex("0301010e06000136387265616c74696d653a726f6f6d31637572736f727b2278223a312c2279223a22c3a9227d");
-        let expected = hex(
-            "040e0600017265616c74696d653a726f6f6d31637572736f727b2278223a312c2279223a22c3a9227d",
-        );
+        let expected = hex("040e0600017265616c74696d653a726f6f6d31637572736f727b2278223a312c2279223a22c3a9227d");
         let m = decode_binary(Vsn::V2, &push).unwrap();
         let Payload::UserBroadcast {
-            event,
-            encoding,
-            body,
-            ..
+            event, encoding, body, ..
         } = m.payload
         else {
             panic!()
@@ -247,9 +253,7 @@ mod tests {
     #[test]
     fn long_topic_falls_back_to_text_for_json_and_drops_binary() {
         let topic = format!("realtime:{}", "x".repeat(300));
-        let json = user("e", None, Encoding::Json, b"{}")
-            .encode(Vsn::V2, &topic)
-            .unwrap();
+        let json = user("e", None, Encoding::Json, b"{}").encode(Vsn::V2, &topic).unwrap();
         assert!(matches!(json, WireFrame::Text(_)));
         assert!(user("e", None, Encoding::Binary, b"\x01")
             .encode(Vsn::V2, &topic)

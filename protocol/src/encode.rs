@@ -141,13 +141,7 @@ pub fn lifecycle(vsn: Vsn, join_ref: Option<&str>, topic: &str, event: &str) -> 
 }
 
 /// A channel push (`system`, `presence_state`): join_ref set, ref null.
-pub fn push(
-    vsn: Vsn,
-    join_ref: Option<&str>,
-    topic: &str,
-    event: &str,
-    payload_json: &[u8],
-) -> WireFrame {
+pub fn push(vsn: Vsn, join_ref: Option<&str>, topic: &str, event: &str, payload_json: &[u8]) -> WireFrame {
     let env = Envelope {
         join_ref,
         ref_: None,
@@ -199,18 +193,8 @@ mod tests {
     #[test]
     fn heartbeat_reply_both_versions() {
         // samples/heartbeat-reply.txt
-        let v2 = text(reply(
-            Vsn::V2,
-            None,
-            Some("26"),
-            "phoenix",
-            Status::Ok,
-            "{}",
-        ));
-        assert_eq!(
-            v2,
-            r#"[null,"26","phoenix","phx_reply",{"response":{},"status":"ok"}]"#
-        );
+        let v2 = text(reply(Vsn::V2, None, Some("26"), "phoenix", Status::Ok, "{}"));
+        assert_eq!(v2, r#"[null,"26","phoenix","phx_reply",{"response":{},"status":"ok"}]"#);
         // protocol.md §1.3, the py heartbeat with ref null
         let v1 = text(reply(Vsn::V1, None, None, "phoenix", Status::Ok, "{}"));
         assert_eq!(
@@ -256,21 +240,11 @@ mod tests {
     fn close_and_error_carry_join_ref_as_ref() {
         // samples/docs-v2-server-phx_close.txt, docs-v2-server-phx_error.txt
         assert_eq!(
-            text(lifecycle(
-                Vsn::V2,
-                Some("3"),
-                "realtime:avatar-stack-demo",
-                "phx_close"
-            )),
+            text(lifecycle(Vsn::V2, Some("3"), "realtime:avatar-stack-demo", "phx_close")),
             r#"["3","3","realtime:avatar-stack-demo","phx_close",{}]"#
         );
         assert_eq!(
-            text(lifecycle(
-                Vsn::V2,
-                Some("3"),
-                "realtime:avatar-stack-demo",
-                "phx_error"
-            )),
+            text(lifecycle(Vsn::V2, Some("3"), "realtime:avatar-stack-demo", "phx_error")),
             r#"["3","3","realtime:avatar-stack-demo","phx_error",{}]"#
         );
     }
@@ -278,20 +252,9 @@ mod tests {
     #[test]
     fn system_push_shape() {
         // samples/system-token-expired.txt
-        let payload = system_payload(
-            Some("topic"),
-            "system",
-            false,
-            "Token has expired 0 seconds ago",
-        );
+        let payload = system_payload(Some("topic"), "system", false, "Token has expired 0 seconds ago");
         assert_eq!(
-            text(push(
-                Vsn::V2,
-                Some("1"),
-                "realtime:topic",
-                "system",
-                &payload
-            )),
+            text(push(Vsn::V2, Some("1"), "realtime:topic", "system", &payload)),
             r#"["1",null,"realtime:topic","system",{"channel":"topic","extension":"system","message":"Token has expired 0 seconds ago","status":"error"}]"#
         );
         // samples/system-server-requested-disconnect.txt

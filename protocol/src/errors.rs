@@ -39,10 +39,14 @@ pub mod rest {
     /// 401 `{"message": ...}` and 403 for a refused private send.
     pub const UNAUTHORIZED: &str = "Unauthorized";
     /// 415 `{"error": ...}`.
-    pub const UNSUPPORTED_MEDIA_TYPE: &str =
-        "Unsupported Media Type. Use application/json or application/octet-stream";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "Unsupported Media Type. Use application/json or application/octet-stream";
     /// 422 per-field error for a missing or empty field.
     pub const CANT_BE_BLANK: &str = "can't be blank";
     /// 422 per-field error for an oversized payload.
     pub const PAYLOAD_TOO_LARGE: &str = "Payload size exceeds tenant limit";
+}
+
+/// Join refused for a private channel the token may not read.
+pub fn unauthorized_read(sub_topic: &str) -> String {
+    format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
 }

@@ -47,10 +47,7 @@ impl ClientEvent {
         let raw = match msg.payload {
             Payload::Json(raw) => raw.get().as_bytes(),
             Payload::UserBroadcast {
-                event,
-                encoding,
-                body,
-                ..
+                event, encoding, body, ..
             } => {
                 // Supabase drops push metadata (only its storage branch reads `persist`).
                 return ClientEvent::Broadcast(BroadcastMessage::User {
@@ -75,9 +72,7 @@ impl ClientEvent {
                 };
                 ClientEvent::AccessToken(token)
             }
-            "broadcast" => {
-                ClientEvent::Broadcast(BroadcastMessage::Map(Bytes::copy_from_slice(raw)))
-            }
+            "broadcast" => ClientEvent::Broadcast(BroadcastMessage::Map(Bytes::copy_from_slice(raw))),
             "presence" => ClientEvent::Presence(PresenceCommand::parse(raw)),
             other => ClientEvent::Other(other.to_owned()),
         }
@@ -134,9 +129,7 @@ mod tests {
             ))
         );
         assert_eq!(
-            parse_v2(
-                r#"["6","13","realtime:room1","presence",{"type":"presence","event":"untrack"}]"#
-            ),
+            parse_v2(r#"["6","13","realtime:room1","presence",{"type":"presence","event":"untrack"}]"#),
             ClientEvent::Presence(PresenceCommand::Untrack)
         );
         let py = r#"{"event":"presence","payload":{"event":"track","payload":{"u":1}},"topic":"realtime:room1","ref":"2","join_ref":"1"}"#;

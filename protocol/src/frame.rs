@@ -86,8 +86,8 @@ pub struct Inbound<'a> {
 pub fn decode_text(vsn: Vsn, text: &[u8]) -> Result<Inbound<'_>, ProtocolError> {
     match vsn {
         Vsn::V1 => {
-            let obj: V1Object<'_> = serde_json::from_slice(text)
-                .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+            let obj: V1Object<'_> =
+                serde_json::from_slice(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
             Ok(Inbound {
                 join_ref: obj.join_ref,
                 ref_: obj.ref_,
@@ -97,8 +97,8 @@ pub fn decode_text(vsn: Vsn, text: &[u8]) -> Result<Inbound<'_>, ProtocolError> 
             })
         }
         Vsn::V2 => {
-            let arr: V2Array<'_> = serde_json::from_slice(text)
-                .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+            let arr: V2Array<'_> =
+                serde_json::from_slice(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
             Ok(Inbound {
                 join_ref: arr.0,
                 ref_: arr.1,
@@ -212,21 +212,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for V2Array<'a> {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let missing = |i| de::Error::invalid_length(i, &"5 elements");
-                let join_ref = seq
-                    .next_element::<Option<Cow<'a, str>>>()?
-                    .ok_or_else(|| missing(0))?;
-                let ref_ = seq
-                    .next_element::<Option<Cow<'a, str>>>()?
-                    .ok_or_else(|| missing(1))?;
-                let topic = seq
-                    .next_element::<Cow<'a, str>>()?
-                    .ok_or_else(|| missing(2))?;
-                let event = seq
-                    .next_element::<Cow<'a, str>>()?
-                    .ok_or_else(|| missing(3))?;
-                let payload = seq
-                    .next_element::<&'a RawValue>()?
-                    .ok_or_else(|| missing(4))?;
+                let join_ref = seq.next_element::<Option<Cow<'a, str>>>()?.ok_or_else(|| missing(0))?;
+                let ref_ = seq.next_element::<Option<Cow<'a, str>>>()?.ok_or_else(|| missing(1))?;
+                let topic = seq.next_element::<Cow<'a, str>>()?.ok_or_else(|| missing(2))?;
+                let event = seq.next_element::<Cow<'a, str>>()?.ok_or_else(|| missing(3))?;
+                let payload = seq.next_element::<&'a RawValue>()?.ok_or_else(|| missing(4))?;
                 // Phoenix ignores trailing elements.
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(V2Array(join_ref, ref_, topic, event, payload))
@@ -248,22 +238,13 @@ mod tests {
         assert_eq!(m.ref_.as_deref(), Some("7"));
         assert_eq!(m.topic, "realtime:room1");
         assert_eq!(m.event, "broadcast");
-        let Payload::Json(p) = m.payload else {
-            panic!()
-        };
-        assert_eq!(
-            p.get(),
-            r#"{"type":"broadcast","event":"e","payload":{"a":1}}"#
-        );
+        let Payload::Json(p) = m.payload else { panic!() };
+        assert_eq!(p.get(), r#"{"type":"broadcast","event":"e","payload":{"a":1}}"#);
     }
 
     #[test]
     fn v2_accepts_nulls_and_ignores_trailing_elements() {
-        let m = decode_text(
-            Vsn::V2,
-            br#"[null,null,"phoenix","heartbeat",{},"extra",1]"#,
-        )
-        .unwrap();
+        let m = decode_text(Vsn::V2, br#"[null,null,"phoenix","heartbeat",{},"extra",1]"#).unwrap();
         assert!(m.join_ref.is_none() && m.ref_.is_none());
         assert_eq!(m.event, "heartbeat");
     }
@@ -279,18 +260,13 @@ mod tests {
             br#""#,
             br#"[null,null,"t","e",{}"#,
         ] {
-            assert!(
-                decode_text(Vsn::V2, bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(decode_text(Vsn::V2, bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn v1_object_with_and_without_join_ref() {
-        let py =
-            br#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#;
+        let py = br#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#;
         let m = decode_text(Vsn::V1, py).unwrap();
         assert!(m.ref_.is_none());
         let js = br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"11"}"#;
@@ -302,16 +278,8 @@ mod tests {
     #[test]
     fn v1_rejects_arrays_and_missing_keys() {
         assert!(decode_text(Vsn::V1, br#"[null,"1","phoenix","heartbeat",{}]"#).is_err());
-        assert!(decode_text(
-            Vsn::V1,
-            br#"{"topic":"phoenix","event":"heartbeat","payload":{}}"#
-        )
-        .is_err());
-        assert!(decode_text(
-            Vsn::V1,
-            br#"{"topic":"phoenix","event":"heartbeat","ref":"1"}"#
-        )
-        .is_err());
+        assert!(decode_text(Vsn::V1, br#"{"topic":"phoenix","event":"heartbeat","payload":{}}"#).is_err());
+        assert!(decode_text(Vsn::V1, br#"{"topic":"phoenix","event":"heartbeat","ref":"1"}"#).is_err());
     }
 
     #[test]
@@ -322,10 +290,7 @@ mod tests {
 
     #[test]
     fn binary_on_v1_is_refused() {
-        assert_eq!(
-            decode_binary(Vsn::V1, &[3]).unwrap_err(),
-            ProtocolError::BinaryOnV1
-        );
+        assert_eq!(decode_binary(Vsn::V1, &[3]).unwrap_err(), ProtocolError::BinaryOnV1);
     }
 
     #[test]

@@ -50,10 +50,7 @@ impl JoinRequest {
             Some(Value::Object(config)) => JoinConfig::from_map(config),
             _ => JoinConfig::default(),
         };
-        JoinRequest {
-            config,
-            access_token,
-        }
+        JoinRequest { config, access_token }
     }
 }
 
@@ -189,12 +186,7 @@ mod tests {
         // recorded/realtime-js-2.119.0-vsn2.frames.jsonl
         let p = br#"{"config":{"broadcast":{"self":true,"ack":true},"presence":{"key":"user-1","enabled":true},"postgres_changes":[{"event":"*","schema":"public","table":"todos","filter":"id=eq.46"}],"private":false},"access_token":"USER-JWT-1"}"#;
         let j = JoinRequest::parse(p);
-        assert!(
-            j.config.broadcast_self
-                && j.config.broadcast_ack
-                && j.config.presence_enabled
-                && !j.config.private
-        );
+        assert!(j.config.broadcast_self && j.config.broadcast_ack && j.config.presence_enabled && !j.config.private);
         assert_eq!(j.config.presence_key.as_deref(), Some("user-1"));
         assert_eq!(j.access_token.as_deref(), Some("USER-JWT-1"));
         assert_eq!(j.config.postgres_changes.len(), 1);
@@ -203,7 +195,9 @@ mod tests {
     #[test]
     fn docs_v1_join_without_token_or_key() {
         // samples/docs-v1-client-phx_join.txt payload
-        let j = JoinRequest::parse(br#"{"config":{"broadcast":{"ack":false,"self":false},"presence":{"enabled":false},"private":false}}"#);
+        let j = JoinRequest::parse(
+            br#"{"config":{"broadcast":{"ack":false,"self":false},"presence":{"enabled":false},"private":false}}"#,
+        );
         assert_eq!(j, JoinRequest::default());
     }
 
@@ -215,10 +209,7 @@ mod tests {
         assert_eq!(j.config.postgres_changes.len(), 1);
         assert_eq!(j.access_token.as_deref(), Some("legacy"));
         assert_eq!(JoinRequest::parse(b"garbage"), JoinRequest::default());
-        assert_eq!(
-            JoinRequest::parse(br#"{"config":[]}"#),
-            JoinRequest::default()
-        );
+        assert_eq!(JoinRequest::parse(br#"{"config":[]}"#), JoinRequest::default());
         assert_eq!(
             JoinRequest::parse(br#"{"config":{"presence":{"key":""}}}"#)
                 .config
@@ -230,8 +221,7 @@ mod tests {
     #[test]
     fn reply_echoes_bindings_with_stable_integer_ids() {
         let j = JoinRequest::parse(br#"{"config":{"postgres_changes":[{"event":"*","schema":"public","table":"todos","filter":"id=eq.46","select":["id"]},{"event":"INSERT","schema":"public"}]}}"#);
-        let reply: Value =
-            serde_json::from_str(&join_reply_response(&j.config.postgres_changes)).unwrap();
+        let reply: Value = serde_json::from_str(&join_reply_response(&j.config.postgres_changes)).unwrap();
         let list = reply["postgres_changes"].as_array().unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0]["filter"], "id=eq.46");
@@ -239,10 +229,8 @@ mod tests {
         assert!(list[0]["id"].is_u64() && list[1]["id"].is_u64());
         assert_ne!(list[0]["id"], list[1]["id"]);
         // Key order does not change the id.
-        let a: Map<String, Value> =
-            serde_json::from_str(r#"{"event":"INSERT","schema":"public"}"#).unwrap();
-        let b: Map<String, Value> =
-            serde_json::from_str(r#"{"schema":"public","event":"INSERT"}"#).unwrap();
+        let a: Map<String, Value> = serde_json::from_str(r#"{"event":"INSERT","schema":"public"}"#).unwrap();
+        let b: Map<String, Value> = serde_json::from_str(r#"{"schema":"public","event":"INSERT"}"#).unwrap();
         assert_eq!(binding_id(&a), binding_id(&b));
         assert!(binding_id(&a) < (1 << 31));
     }

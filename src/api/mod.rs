@@ -1,0 +1,97 @@
+//! The REST API: broadcast (batch and single), ping. Statuses and bodies follow
+//! Supabase's (protocol.md §6.4–6.5).
+
+mod batch;
+mod single;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper::{Method, Request, Response, StatusCode};
+use realtime_protocol::errors;
+use tracing::info;
+
+use crate::app::{now_ms, App};
+use crate::http::{json_error, response, Body};
+
+/// Routes `/api/...` (the `/realtime/v1` prefix already removed).
+pub async fn route(app: Arc<App>, req: Request<Incoming>, path: &str) -> Response<Body> {
+    if req.method() == Method::OPTIONS {
+        return preflight();
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["api", "ping"]) => response(StatusCode::OK, "application/json", r#"{"message":"Success"}"#),
+        (&Method::POST, ["api", "broadcast"]) if authorized(&app, &req) => batch::handle(&app, req).await,
+        (&Method::POST, ["api", "broadcast", topic, "events", event]) if authorized(&app, &req) => {
+            let (topic, event) = (decode(topic), decode(event));
+            single::handle(&app, req, &topic, &event).await
+        }
+        (&Method::POST, ["api", "broadcast", ..]) => {
+            json_error(StatusCode::UNAUTHORIZED, "message", errors::rest::UNAUTHORIZED)
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
+    }
+}
+
+/// `Authorization: Bearer <jwt>`, else the `apikey` header, verified like a socket's key.
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
+    let Some(token) = token else {
+        info!("REST request without a token");
+        return false;
+    };
+    match app.verifier.verify(token.trim(), now_ms() / 1000) {
+        Ok(_) => true,
+        Err(e) => {
+            info!(error = ?e, "REST request with a bad token");
+            false
+        }
+    }
+}
+
+/// Reads a body up to `limit` bytes; `None` when it is longer or the read fails.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Some(collected.to_bytes()),
+        Err(e) => {
+            info!(error = %e, "REST body refused");
+            None
+        }
+    }
+}
+
+/// 413 for a body over the limit.
+fn too_large() -> Response<Body> {
+    json_error(StatusCode::PAYLOAD_TOO_LARGE, "message", "Payload Too Large")
+}
+
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// CORS preflight: browsers calling the REST API from another origin.
+fn preflight() -> Response<Body> {
+    let mut r = crate::http::empty(StatusCode::NO_CONTENT);
+    let h = r.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, apikey, content-type, x-client-info"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    r
+}

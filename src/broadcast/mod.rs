@@ -1,0 +1,21 @@
+//! Broadcast from clients over the WebSocket (self, ack, payload limit) into the fan-out.
+//! REST broadcasts are in [`crate::api`]; both end in [`crate::fanout::Registry::broadcast`].
+
+use realtime_protocol::encode::Status;
+use realtime_protocol::{errors, BroadcastMessage};
+use tracing::debug;
+
+use crate::app::App;
+use crate::channel::Channel;
+
+/// Fans out a client's broadcast. Returns the reply to send, if any (only with `ack`).
+pub fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage) -> Option<(Status, String)> {
+    if msg.payload_len() > app.config.max_payload_bytes() {
+        debug!(topic = %ch.key.topic, len = msg.payload_len(), "broadcast payload over the limit");
+        let response = format!("{{\"error\":\"{}\"}}", errors::PAYLOAD_SIZE_EXCEEDED);
+        return ch.broadcast_ack.then_some((Status::Error, response));
+    }
+    let exclude = (!ch.broadcast_self).then_some(ch.id);
+    app.registry.broadcast(&ch.key, &msg, exclude);
+    ch.broadcast_ack.then(|| (Status::Ok, "{}".to_owned()))
+}

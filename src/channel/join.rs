@@ -1,0 +1,87 @@
+//! The `phx_join` flow, with Supabase's checks in Supabase's order (protocol.md §4.2).
+
+use std::time::Duration;
+
+use realtime_protocol::encode::{self, Status};
+use realtime_protocol::errors;
+use realtime_protocol::join::{join_reply_response, JoinRequest};
+use tracing::{debug, info};
+
+use super::{Channel, Session};
+use crate::app::now_ms;
+use crate::fanout::{Subscriber, TopicKey};
+
+pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
+    let Some(sub_topic) = topic.strip_prefix("realtime:") else {
+        // Only `realtime:*` topics are routed, as in Supabase's socket.
+        let reason = encode::reason(errors::UNMATCHED_TOPIC);
+        return s.reply(None, ref_, topic, Status::Error, &reason);
+    };
+
+    // A second join of the same topic on one socket replaces the first (Phoenix closes
+    // the old channel, with its own join_ref, before handling the new join).
+    if let Some(old) = s.channels.remove(topic) {
+        debug!(%topic, "duplicate join closes the previous channel");
+        s.close_channel(old, true);
+    }
+
+    let refuse = |s: &Session, reason: &str| {
+        info!(%topic, reason, "join refused");
+        let frame = encode::reply(s.vsn, join_ref, ref_, topic, Status::Error, &encode::reason(reason));
+        s.send_later(frame, Duration::from_millis(s.app.config.channel_error_backoff_ms));
+    };
+
+    if sub_topic.is_empty() {
+        return refuse(s, errors::TOPIC_NAME_REQUIRED);
+    }
+    if s.channels.len() >= s.app.config.max_channels_per_client {
+        return refuse(s, errors::TOO_MANY_CHANNELS);
+    }
+
+    // The join's token, else the connection's. Opaque `sb_` keys are not JWTs: Supabase
+    // ignores them here and falls back to the connection token.
+    let token = match req.access_token {
+        Some(t) if !t.starts_with("sb_") => t,
+        _ => s.conn_token.clone(),
+    };
+    let claims = match s.app.verifier.verify(&token, now_ms() / 1000) {
+        Ok(claims) => claims,
+        Err(e) => return refuse(s, &e.join_reason()),
+    };
+
+    let config = req.config;
+    if config.private {
+        // Read authorization is an RLS check on `realtime.messages`; without a database
+        // nothing can grant it, so private channels are refused rather than left open.
+        return refuse(s, &errors::unauthorized_read(sub_topic));
+    }
+
+    let key = TopicKey::new(topic, config.private);
+    let channel = Channel {
+        id: s.app.new_channel_id(),
+        key: key.clone(),
+        join_ref: join_ref.map(str::to_owned),
+        broadcast_self: config.broadcast_self,
+        broadcast_ack: config.broadcast_ack,
+        presence_key: config.presence_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        token,
+        claims,
+    };
+
+    let response = join_reply_response(&config.postgres_changes);
+    s.reply(join_ref, ref_, topic, Status::Ok, &response);
+
+    let sub = Subscriber {
+        channel: channel.id,
+        vsn: s.vsn,
+        outbox: s.outbox.clone(),
+    };
+    let state_join_ref = config.presence_enabled.then_some(join_ref.unwrap_or_default());
+    s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
+
+    if let Some((ok, message)) = crate::postgres_changes::subscribe(&s.app, &config.postgres_changes) {
+        s.system(&channel, "postgres_changes", ok, message);
+    }
+    debug!(%topic, channel = channel.id, "joined");
+    s.channels.insert(topic.to_owned(), channel);
+}

@@ -1,0 +1,224 @@
+//! A connection's joined channels. It types each client message and hands it to one
+//! handler; the capabilities (broadcast, presence, postgres changes) live elsewhere.
+
+mod join;
+mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use realtime_protocol::encode::{self, Status};
+use realtime_protocol::event::ClientEvent;
+use realtime_protocol::frame::{decode_binary, decode_text};
+use realtime_protocol::{errors, Inbound, Vsn, WireFrame};
+use tracing::{debug, warn};
+
+use crate::app::{now_ms, App};
+use crate::auth::Claims;
+use crate::fanout::{ChannelId, TopicKey};
+use crate::transport::outbox::Outbox;
+
+/// One joined channel.
+pub struct Channel {
+    /// Process-unique id (fan-out and presence owner).
+    pub id: ChannelId,
+    /// Its fan-out topic.
+    pub key: TopicKey,
+    /// The join_ref of the join that created it; every push for it carries this.
+    pub join_ref: Option<String>,
+    /// `broadcast.self`.
+    pub broadcast_self: bool,
+    /// `broadcast.ack`.
+    pub broadcast_ack: bool,
+    /// Presence key (from config, or generated).
+    pub presence_key: String,
+    /// The token the channel runs under, and its claims.
+    pub token: String,
+    /// Claims of `token`.
+    pub claims: Claims,
+}
+
+/// The state of one WebSocket connection: its settings and joined channels.
+/// Owned by the connection's task, so nothing here is locked.
+pub struct Session {
+    app: Arc<App>,
+    vsn: Vsn,
+    outbox: Arc<Outbox>,
+    /// The connection's apikey JWT: the fallback token of every join.
+    conn_token: String,
+    channels: AHashMap<String, Channel>,
+}
+
+impl Session {
+    /// A session for a socket that authenticated with `conn_token`.
+    pub fn new(app: Arc<App>, vsn: Vsn, outbox: Arc<Outbox>, conn_token: String) -> Session {
+        Session {
+            app,
+            vsn,
+            outbox,
+            conn_token,
+            channels: AHashMap::new(),
+        }
+    }
+
+    /// Handles a text frame. Malformed frames are logged and dropped; the connection
+    /// keeps working.
+    pub fn handle_text(&mut self, bytes: &[u8]) {
+        match decode_text(self.vsn, bytes) {
+            Ok(msg) => self.dispatch(msg),
+            Err(e) => {
+                warn!(error_code = "MalformedWebSocketMessage", error = %e, "dropping text frame")
+            }
+        }
+    }
+
+    /// Handles a binary frame (V2 user broadcast push).
+    pub fn handle_binary(&mut self, bytes: &[u8]) {
+        match decode_binary(self.vsn, bytes) {
+            Ok(msg) => self.dispatch(msg),
+            Err(e) => {
+                warn!(error_code = "MalformedWebSocketMessage", error = %e, "dropping binary frame")
+            }
+        }
+    }
+
+    fn dispatch(&mut self, msg: Inbound<'_>) {
+        let event = ClientEvent::parse(&msg);
+        let topic = msg.topic.as_ref();
+        let ref_ = msg.ref_.as_deref();
+        match event {
+            ClientEvent::Heartbeat => self.reply(None, ref_, topic, Status::Ok, "{}"),
+            ClientEvent::Join(req) => join::join(self, topic, msg.join_ref.as_deref(), ref_, req),
+            ClientEvent::Leave => match self.channels.remove(topic) {
+                Some(ch) => {
+                    self.reply(ch.join_ref.as_deref(), ref_, topic, Status::Ok, "{}");
+                    self.close_channel(ch, true);
+                }
+                // Phoenix answers a leave for a topic it does not know with ok.
+                None => self.reply(msg.join_ref.as_deref(), ref_, topic, Status::Ok, "{}"),
+            },
+            _ if !self.channels.contains_key(topic) => {
+                let reason = encode::reason(errors::UNMATCHED_TOPIC);
+                self.reply(None, ref_, topic, Status::Error, &reason);
+            }
+            ClientEvent::AccessToken(token) => token::refresh(self, topic, token),
+            ClientEvent::Broadcast(b) => {
+                if let Some(ch) = self.channels.get(topic) {
+                    let reply = crate::broadcast::from_client(&self.app, ch, b);
+                    if let Some((status, response)) = reply {
+                        let join_ref = ch.join_ref.clone();
+                        self.reply(join_ref.as_deref(), ref_, topic, status, &response);
+                    }
+                }
+            }
+            ClientEvent::Presence(cmd) => {
+                if let Some(ch) = self.channels.get(topic) {
+                    let reply = |status, response: &str| {
+                        self.outbox.push(encode::reply(
+                            self.vsn,
+                            ch.join_ref.as_deref(),
+                            ref_,
+                            topic,
+                            status,
+                            response,
+                        ));
+                    };
+                    crate::presence::handler::handle(&self.app, ch, cmd, reply);
+                }
+            }
+            ClientEvent::Other(event) => debug!(%topic, %event, "ignoring unknown client event"),
+        }
+    }
+
+    /// Queues a `phx_reply`.
+    fn reply(&self, join_ref: Option<&str>, ref_: Option<&str>, topic: &str, status: Status, response: &str) {
+        self.send(encode::reply(self.vsn, join_ref, ref_, topic, status, response));
+    }
+
+    fn send(&self, frame: WireFrame) {
+        self.outbox.push(frame);
+    }
+
+    /// Sends `frame` after `delay` (join error backoff) without holding up the connection.
+    fn send_later(&self, frame: WireFrame, delay: Duration) {
+        if delay.is_zero() {
+            return self.send(frame);
+        }
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            outbox.push(frame);
+        });
+    }
+
+    /// Pushes a `system` message on a channel.
+    fn system(&self, ch: &Channel, extension: &str, ok: bool, message: &str) {
+        let payload = encode::system_payload(Some(ch.key.sub_topic()), extension, ok, message);
+        self.send(encode::push(
+            self.vsn,
+            ch.join_ref.as_deref(),
+            &ch.key.topic,
+            "system",
+            &payload,
+        ));
+    }
+
+    /// Shuts a channel down from the server side: `system` error, then `phx_close`.
+    fn shutdown_channel(&mut self, topic: &str, message: &str) {
+        if let Some(ch) = self.channels.remove(topic) {
+            self.system(&ch, "system", false, message);
+            self.close_channel(ch, true);
+        }
+    }
+
+    /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
+    fn close_channel(&self, ch: Channel, notify: bool) {
+        self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
+        if notify {
+            self.send(encode::lifecycle(
+                self.vsn,
+                ch.join_ref.as_deref(),
+                &ch.key.topic,
+                "phx_close",
+            ));
+        }
+    }
+
+    /// When the next channel token expires (unix ms), for the connection's timer.
+    pub fn next_expiry_ms(&self) -> Option<i64> {
+        self.channels.values().map(|c| c.claims.exp.saturating_mul(1000)).min()
+    }
+
+    /// Closes channels whose token has expired, as Supabase does: `system` error
+    /// `Token has expired N seconds ago`, then `phx_close`.
+    pub fn expire_tokens(&mut self) {
+        let now = now_ms();
+        let expired: Vec<(String, i64)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.claims.exp.saturating_mul(1000) <= now)
+            .map(|(t, c)| (t.clone(), c.claims.exp))
+            .collect();
+        for (topic, exp) in expired {
+            let ago = (now / 1000 - exp).max(0);
+            debug!(%topic, ago, "channel token expired");
+            self.shutdown_channel(&topic, &errors::token_expired(ago));
+        }
+    }
+
+    /// Before an operator-initiated disconnect: tell every channel, as Supabase does.
+    pub fn announce_disconnect(&self) {
+        let payload = encode::system_payload(None, "system", true, errors::SERVER_REQUESTED_DISCONNECT);
+        for ch in self.channels.values() {
+            self.send(encode::fastlane(self.vsn, &ch.key.topic, "system", &payload));
+        }
+    }
+
+    /// The socket is gone: leave every channel (presence leaves reach the others).
+    pub fn terminate(&mut self) {
+        for (_, ch) in std::mem::take(&mut self.channels) {
+            self.close_channel(ch, false);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Runtime configuration: every setting is an environment variable and a `--flag`.
+//! The README lists them all; each field's doc comment states its default.
+
+use std::net::IpAddr;
+
+use clap::Parser;
+
+/// realtime-rs: a self-hosted, drop-in replacement for Supabase Realtime.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "realtime", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free port; the chosen address is printed on stdout).
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// HS256/384/512 secret for client JWTs. Unset (and no JWKS) = development mode: a
+    /// random secret is generated and ready-made anon/service_role tokens are printed.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// A JWKS JSON document, or a path to a file holding one (RS*/ES*/EdDSA keys by
+    /// `kid`, and `oct` keys for HS* by `kid`).
+    #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
+    pub jwt_jwks: Option<String>,
+
+    /// Postgres connection string; enables Postgres Changes (not needed for Broadcast
+    /// and Presence).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Delay before answering a refused WebSocket upgrade (Supabase: 2000), to slow
+    /// reconnect loops of misconfigured clients.
+    #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2000)]
+    pub connect_error_backoff_ms: u64,
+
+    /// Delay before a join error reply (Supabase: 5000); clients retry joins on a timer,
+    /// this slows their loop. The connection keeps being served meanwhile.
+    #[arg(long, env = "CHANNEL_ERROR_BACKOFF_MS", default_value_t = 5000)]
+    pub channel_error_backoff_ms: u64,
+
+    /// A connection silent for this long gets a WebSocket ping; after twice this long
+    /// with nothing received (not even a pong) it is dropped as dead and its presence leaves.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 15_000)]
+    pub ping_interval_ms: u64,
+
+    /// A connection that sent no message (text/binary frame) for this long is closed
+    /// (Phoenix's websocket timeout).
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Largest WebSocket message accepted, in bytes (Supabase: 5,000,000).
+    #[arg(long, env = "MAX_FRAME_SIZE", default_value_t = 5_000_000)]
+    pub max_frame_size: usize,
+
+    /// Channels one connection may join (Supabase default: 100).
+    #[arg(long, env = "MAX_CHANNELS_PER_CLIENT", default_value_t = 1000)]
+    pub max_channels_per_client: usize,
+
+    /// Largest broadcast payload, in KB (Supabase default: 3000).
+    #[arg(long, env = "MAX_PAYLOAD_SIZE_KB", default_value_t = 3000)]
+    pub max_payload_size_kb: usize,
+
+    /// Outbound queue bound per connection, in messages; a client that falls this far
+    /// behind is disconnected (a slow consumer never stalls a topic).
+    #[arg(long, env = "OUTBOUND_QUEUE_MESSAGES", default_value_t = 8192)]
+    pub outbound_queue_messages: usize,
+
+    /// Outbound queue bound per connection, in bytes.
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// How long shutdown waits for connections to drain.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Config {
+    /// Largest payload in bytes, compared like Supabase (`kb * 1000 + 500`).
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_size_kb.saturating_mul(1000).saturating_add(500)
+    }
+}

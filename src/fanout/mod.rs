@@ -1,0 +1,226 @@
+//! Topic → subscribers, and delivery to them.
+//!
+//! Publishing encodes a message at most once per wire version and pushes the shared bytes
+//! into each subscriber's [`Outbox`] without ever waiting: a full outbox disconnects its
+//! own client, the publisher moves on. The registry is sharded by topic so publishers to
+//! different topics never contend, and a shard's lock is held only while pushing.
+//! Knows topics and bytes, not what events mean.
+
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+
+use ahash::{AHashMap, RandomState};
+use realtime_protocol::{encode, BroadcastMessage, Vsn, WireFrame};
+
+use crate::transport::outbox::Outbox;
+
+/// Identifies one joined channel (unique for the life of the process).
+pub type ChannelId = u64;
+
+const SHARDS: usize = 64;
+
+/// A fan-out topic. Public and private channels of the same name are distinct topics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    /// `config.private` of the joins on it.
+    pub private: bool,
+    /// The full topic, e.g. `realtime:room1` (what goes in every frame).
+    pub topic: Arc<str>,
+}
+
+impl TopicKey {
+    /// The key for a full topic name.
+    pub fn new(topic: &str, private: bool) -> TopicKey {
+        TopicKey {
+            private,
+            topic: Arc::from(topic),
+        }
+    }
+
+    /// The topic without `realtime:`, as Supabase names channels in `system` messages.
+    pub fn sub_topic(&self) -> &str {
+        self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
+    }
+}
+
+/// One joined channel, as the fan-out sees it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Its socket's wire version.
+    pub vsn: Vsn,
+    /// Its socket's outbound queue.
+    pub outbox: Arc<Outbox>,
+}
+
+type Shard = RwLock<AHashMap<TopicKey, Vec<Subscriber>>>;
+
+/// The subscriber registry.
+pub struct Registry {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| RwLock::new(AHashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl Registry {
+    fn shard(&self, key: &TopicKey) -> &Shard {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// Adds a channel to a topic.
+    pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
+        if let Ok(mut shard) = self.shard(key).write() {
+            shard.entry(key.clone()).or_default().push(sub);
+        }
+    }
+
+    /// Removes a channel from a topic; drops the topic when it empties.
+    pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) {
+        if let Ok(mut shard) = self.shard(key).write() {
+            if let Some(subs) = shard.get_mut(key) {
+                if let Some(i) = subs.iter().position(|s| s.channel == channel) {
+                    subs.swap_remove(i);
+                }
+                if subs.is_empty() {
+                    shard.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Number of channels subscribed to a topic.
+    pub fn subscriber_count(&self, key: &TopicKey) -> usize {
+        self.shard(key)
+            .read()
+            .map(|s| s.get(key).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// Delivers to every subscriber but `exclude`. `encode` is called at most once per
+    /// wire version; `None` means receivers of that version get nothing. Returns how many
+    /// subscribers the message was queued for.
+    pub fn publish(
+        &self,
+        key: &TopicKey,
+        exclude: Option<ChannelId>,
+        mut encode: impl FnMut(Vsn) -> Option<WireFrame>,
+    ) -> usize {
+        let Ok(shard) = self.shard(key).read() else {
+            return 0;
+        };
+        let Some(subs) = shard.get(key) else {
+            return 0;
+        };
+        let mut v1: Option<Option<WireFrame>> = None;
+        let mut v2: Option<Option<WireFrame>> = None;
+        let mut delivered = 0;
+        for sub in subs {
+            if Some(sub.channel) == exclude {
+                continue;
+            }
+            let slot = match sub.vsn {
+                Vsn::V1 => &mut v1,
+                Vsn::V2 => &mut v2,
+            };
+            if let Some(frame) = slot.get_or_insert_with(|| encode(sub.vsn)) {
+                if sub.outbox.push(frame.clone()) {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Fans out a broadcast (see [`BroadcastMessage::encode`] for what each version gets).
+    pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
+        self.publish(key, exclude, |vsn| msg.encode(vsn, &key.topic))
+    }
+
+    /// Fans out a message with null join_ref/ref to every subscriber (`presence_diff`,
+    /// `postgres_changes`).
+    pub fn fastlane(&self, key: &TopicKey, event: &str, payload_json: &[u8]) -> usize {
+        self.publish(key, None, |vsn| {
+            Some(encode::fastlane(vsn, &key.topic, event, payload_json))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::outbox::Outgoing;
+    use bytes::Bytes;
+
+    fn sub(id: ChannelId, vsn: Vsn) -> (Subscriber, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        (
+            Subscriber {
+                channel: id,
+                vsn,
+                outbox: outbox.clone(),
+            },
+            outbox,
+        )
+    }
+
+    fn drained(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        out.into_iter()
+            .filter_map(|i| match i {
+                Outgoing::Frame(f) => Some(f.bytes().clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn encodes_once_per_version_and_shares_bytes() {
+        let reg = Registry::default();
+        let key = TopicKey::new("realtime:room", false);
+        let (a, oa) = sub(1, Vsn::V2);
+        let (b, ob) = sub(2, Vsn::V2);
+        let (c, oc) = sub(3, Vsn::V1);
+        for s in [a, b, c] {
+            reg.subscribe(&key, s);
+        }
+        let mut calls = 0;
+        let n = reg.publish(&key, None, |vsn| {
+            calls += 1;
+            Some(encode::fastlane(vsn, "realtime:room", "e", b"{}"))
+        });
+        assert_eq!((n, calls), (3, 2));
+        let (fa, fb) = (drained(&oa), drained(&ob));
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "V2 receivers share one buffer");
+        assert_eq!(drained(&oc).len(), 1);
+    }
+
+    #[test]
+    fn exclude_private_and_unsubscribe() {
+        let reg = Registry::default();
+        let public = TopicKey::new("realtime:room", false);
+        let private = TopicKey::new("realtime:room", true);
+        let (a, oa) = sub(1, Vsn::V2);
+        let (b, ob) = sub(2, Vsn::V2);
+        reg.subscribe(&public, a);
+        reg.subscribe(&private, b);
+        let msg = BroadcastMessage::Map(Bytes::from_static(b"{}"));
+        assert_eq!(reg.broadcast(&public, &msg, Some(1)), 0);
+        assert_eq!(reg.broadcast(&public, &msg, None), 1);
+        assert!(drained(&ob).is_empty(), "a private topic is not the public one");
+        assert_eq!(drained(&oa).len(), 1);
+        reg.unsubscribe(&public, 1);
+        assert_eq!(reg.subscriber_count(&public), 0);
+        assert_eq!(reg.subscriber_count(&private), 1);
+    }
+}
