@@ -41,6 +41,11 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let verifier =
         Verifier::new(config.jwt_secret.as_deref(), jwks.as_deref()).map_err(|e| format!("JWT configuration: {e}"))?;
 
+    // Each client is a socket: use the whole file-descriptor allowance we are given.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(limit = n, "open file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr)
         .await
