@@ -20,6 +20,7 @@ pub mod broadcast;
 pub mod encode;
 pub mod errors;
 pub mod event;
+pub mod filter;
 pub mod frame;
 pub mod join;
 mod json;
