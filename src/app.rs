@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::fanout::{ChannelId, Registry};
+use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
 
@@ -21,6 +22,8 @@ pub struct App {
     pub registry: Registry,
     /// Presence per topic.
     pub presence: PresenceHub,
+    /// Postgres Changes, when a database is configured.
+    pub pg: Option<Arc<PgChanges>>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     next_channel: AtomicU64,
@@ -28,12 +31,18 @@ pub struct App {
 
 impl App {
     /// Builds the shared state.
-    pub fn new(config: Config, verifier: Verifier, shutdown: watch::Receiver<bool>) -> Arc<App> {
+    pub fn new(
+        config: Config,
+        verifier: Verifier,
+        pg: Option<Arc<PgChanges>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<App> {
         Arc::new(App {
             config,
             verifier,
             registry: Registry::default(),
             presence: PresenceHub::new(ReplicaId(rand::random())),
+            pg,
             shutdown,
             next_channel: AtomicU64::new(1),
         })

@@ -32,6 +32,21 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Publication whose tables Postgres Changes streams (the user creates it, e.g.
+    /// `create publication supabase_realtime for table …`).
+    #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
+    pub publication: String,
+
+    /// Logical replication slot (persistent; created if missing). Changes committed while
+    /// the server is down are delivered when it is back, so bound the WAL it may hold with
+    /// Postgres' `max_slot_wal_keep_size`.
+    #[arg(long, env = "SLOT_NAME", default_value = "realtime_rs")]
+    pub slot_name: String,
+
+    /// SQL connections for catalog reads and RLS checks.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
+    pub db_pool_size: usize,
+
     /// Delay before answering a refused WebSocket upgrade (Supabase: 2000), to slow
     /// reconnect loops of misconfigured clients.
     #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2000)]

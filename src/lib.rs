@@ -53,7 +53,16 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = App::new(config, verifier, shutdown_rx.clone());
+    let pg = match config.database_url.as_deref() {
+        Some(url) => Some(postgres_changes::PgChanges::start(postgres_changes::Settings {
+            database_url: url,
+            publication: &config.publication,
+            slot: &config.slot_name,
+            pool_size: config.db_pool_size,
+        })?),
+        None => None,
+    };
+    let app = App::new(config, verifier, pg, shutdown_rx.clone());
 
     // Scripts and tests read the bound address from this first stdout line.
     let mut stdout = std::io::stdout();

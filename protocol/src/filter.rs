@@ -171,10 +171,12 @@ impl Binding {
             (Some(Some(schema)), Some(Some(table)), None) => (schema, table, Vec::new()),
             (Some(Some(schema)), None, None) => (schema, "*", Vec::new()),
             (None, Some(Some(table)), None) => ("public", table, Vec::new()),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
                 inspect_map(params)
-            )),
+            ))
+            }
         };
         if select.is_some() && (schema == "*" || table == "*") {
             return Err("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.".into());

@@ -1,5 +1,6 @@
 //! The `phx_join` flow, with Supabase's checks in Supabase's order (protocol.md §4.2).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use realtime_protocol::encode::{self, Status};
@@ -10,6 +11,8 @@ use tracing::{debug, info};
 use super::{Channel, Session};
 use crate::app::now_ms;
 use crate::fanout::{Subscriber, TopicKey};
+use crate::postgres_changes::claims_json;
+use crate::postgres_changes::registry::ChannelSubs;
 
 pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
     let Some(sub_topic) = topic.strip_prefix("realtime:") else {
@@ -66,9 +69,10 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
         presence_key: config.presence_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         token,
         claims,
+        pg_bindings: Arc::new(config.postgres_changes),
     };
 
-    let response = join_reply_response(&config.postgres_changes);
+    let response = join_reply_response(&channel.pg_bindings);
     s.reply(join_ref, ref_, topic, Status::Ok, &response);
 
     let sub = Subscriber {
@@ -79,9 +83,34 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
     let state_join_ref = config.presence_enabled.then_some(join_ref.unwrap_or_default());
     s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
 
-    if let Some((ok, message)) = crate::postgres_changes::subscribe(&s.app, &config.postgres_changes) {
-        s.system(&channel, "postgres_changes", ok, message);
-    }
+    subscribe_postgres_changes(s, &channel);
     debug!(%topic, channel = channel.id, "joined");
     s.channels.insert(topic.to_owned(), channel);
+}
+
+/// Starts the channel's Postgres Changes subscriptions; the outcome arrives as a `system`
+/// push. Without a database the channel gets the error Supabase sends when it cannot
+/// reach the project database.
+pub(super) fn subscribe_postgres_changes(s: &Session, ch: &Channel) {
+    if ch.pg_bindings.is_empty() {
+        return;
+    }
+    match &s.app.pg {
+        Some(pg) => pg.subscribe(ChannelSubs {
+            channel: ch.id,
+            topic: ch.key.topic.clone(),
+            join_ref: ch.join_ref.clone(),
+            vsn: s.vsn,
+            outbox: s.outbox.clone(),
+            role: ch.claims.role.clone(),
+            claims: claims_json(&ch.claims.raw),
+            sub: ch.claims.sub.clone(),
+            bindings: ch.pg_bindings.clone(),
+            subs: Vec::new(),
+        }),
+        None => {
+            info!(topic = %ch.key.topic, "postgres_changes requested but no DATABASE_URL is configured");
+            s.system(ch, "postgres_changes", false, errors::PG_UNABLE_TO_CONNECT);
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub struct Channel {
     pub token: String,
     /// Claims of `token`.
     pub claims: Claims,
+    /// `postgres_changes` bindings as sent (empty when none).
+    pub pg_bindings: Arc<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The state of one WebSocket connection: its settings and joined channels.
@@ -175,6 +177,9 @@ impl Session {
     /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
     fn close_channel(&self, ch: Channel, notify: bool) {
         self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
+        if let Some(pg) = &self.app.pg {
+            pg.unsubscribe(ch.id);
+        }
         if notify {
             self.send(encode::lifecycle(
                 self.vsn,

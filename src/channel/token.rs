@@ -22,6 +22,10 @@ pub(super) fn refresh(s: &mut Session, topic: &str, token: Option<String>) {
         Ok(claims) => {
             ch.token = token;
             ch.claims = claims;
+            // New claims: Supabase re-subscribes (and says so again).
+            if let Some(ch) = s.channels.get(topic) {
+                super::join::subscribe_postgres_changes(s, ch);
+            }
         }
         Err(e) => {
             warn!(%topic, error = ?e, "refreshed access token refused");

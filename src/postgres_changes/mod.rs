@@ -1,20 +1,167 @@
-//! Postgres Changes. Streaming from logical replication arrives with the Postgres
-//! Changes work; until then a join with bindings is answered the way Supabase answers
-//! when it cannot reach the project database.
+//! Postgres Changes: stream logical replication (the `wal` crate), match each change to
+//! channels' bindings, enforce Row Level Security per subscriber, deliver
+//! `postgres_changes` frames. Never sees pgoutput bytes or sockets.
+//!
+//! * [`subscribe`]: bindings → subscriptions checked against the [`catalog`].
+//! * [`registry`]: which channel wants which table.
+//! * [`replication`]: the streaming task and LSN acknowledgement.
+//! * [`dispatch`]: filters ([`filter`]), RLS ([`rls`]), payloads ([`payload`]), fan-out.
 
+pub mod catalog;
+pub mod dispatch;
+pub mod filter;
+pub mod payload;
+pub mod pool;
+pub mod registry;
+pub mod replication;
+pub mod rls;
+pub mod subscribe;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use realtime_protocol::{encode, errors};
 use serde_json::{Map, Value};
+use tracing::{info, warn};
 
-use crate::app::App;
-use realtime_protocol::errors;
+use crate::fanout::ChannelId;
+use catalog::Catalog;
+use pool::Pool;
+use registry::{ChannelSubs, Registry};
+use subscribe::SubscribeError;
 
-/// The `system` message (status ok?, text) for a join's postgres_changes bindings, or
-/// `None` when there are none.
-pub fn subscribe(app: &App, bindings: &[Map<String, Value>]) -> Option<(bool, &'static str)> {
-    if bindings.is_empty() {
-        return None;
+/// The Postgres Changes service, present when `DATABASE_URL` is set.
+pub struct PgChanges {
+    config: tokio_postgres::Config,
+    publication: String,
+    slot: String,
+    pool: Arc<Pool>,
+    catalog: Catalog,
+    registry: Registry,
+    /// The replication stream is up.
+    connected: AtomicBool,
+    /// Subscribers were told the database is gone; tell them when it is back.
+    outage: AtomicBool,
+    /// End LSN of the last transaction delivered and acknowledged by this process.
+    /// PostgreSQL 15 can stream acknowledged transactions again after it restarts (the
+    /// slot's position is saved only at checkpoints), so older ones are skipped.
+    last_acked: AtomicU64,
+}
+
+/// Settings of the service.
+pub struct Settings<'a> {
+    /// `DATABASE_URL`.
+    pub database_url: &'a str,
+    /// Publication to stream.
+    pub publication: &'a str,
+    /// Replication slot name.
+    pub slot: &'a str,
+    /// SQL connections for catalog reads and RLS checks.
+    pub pool_size: usize,
+}
+
+impl PgChanges {
+    /// Parses the settings and starts the replication task.
+    pub fn start(settings: Settings<'_>) -> Result<Arc<PgChanges>, String> {
+        let config: tokio_postgres::Config = settings
+            .database_url
+            .parse()
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+        let pool = Arc::new(Pool::new(config.clone(), settings.pool_size));
+        let pg = Arc::new(PgChanges {
+            config,
+            publication: settings.publication.to_owned(),
+            slot: settings.slot.to_owned(),
+            catalog: Catalog::new(pool.clone()),
+            pool,
+            registry: Registry::default(),
+            connected: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
+            last_acked: AtomicU64::new(0),
+        });
+        tokio::spawn(replication::run(pg.clone()));
+        info!(
+            publication = settings.publication,
+            slot = settings.slot,
+            "Postgres Changes enabled"
+        );
+        Ok(pg)
     }
-    if app.config.database_url.is_none() {
-        tracing::info!("postgres_changes requested but no DATABASE_URL is configured");
+
+    /// Registers a channel's bindings and resolves them in the background; the channel
+    /// then gets `Subscribed to PostgreSQL` or the error, as a `system` push. Called again
+    /// with new claims after a token refresh.
+    pub fn subscribe(self: &Arc<Self>, entry: ChannelSubs) {
+        let channel = entry.channel;
+        self.registry.put(entry);
+        let pg = self.clone();
+        tokio::spawn(async move { pg.resolve(channel).await });
     }
-    Some((false, errors::PG_UNABLE_TO_CONNECT))
+
+    /// The channel left.
+    pub fn unsubscribe(&self, channel: ChannelId) {
+        self.registry.remove(channel);
+    }
+
+    async fn resolve(self: Arc<Self>, channel: ChannelId) {
+        let mut delay = Duration::from_secs(5);
+        loop {
+            let Some(entry) = self.registry.get(channel) else {
+                return;
+            };
+            match subscribe::resolve(&self.catalog, &self.publication, &entry.bindings, &entry.role).await {
+                Ok(subs) => {
+                    if self.registry.update(channel, subs) {
+                        system(&entry, true, errors::PG_SUBSCRIBED);
+                    }
+                    return;
+                }
+                Err(SubscribeError::Rejected(message)) => {
+                    info!(channel, %message, "postgres_changes subscription refused");
+                    system(&entry, false, &message);
+                    return;
+                }
+                Err(SubscribeError::Database(e)) => {
+                    // Supabase keeps retrying while the database is unreachable.
+                    warn!(channel, error = %e, "cannot subscribe now; retrying");
+                    system(&entry, false, errors::PG_UNABLE_TO_CONNECT);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Resolves every channel again (after the stream reconnected).
+    fn resubscribe_all(self: &Arc<Self>) {
+        for entry in self.registry.all() {
+            let pg = self.clone();
+            tokio::spawn(async move { pg.resolve(entry.channel).await });
+        }
+    }
+
+    /// Pushes a `system` message to every subscribed channel.
+    fn notify_all(&self, ok: bool, message: &str) {
+        for entry in self.registry.all() {
+            system(&entry, ok, message);
+        }
+    }
+}
+
+fn system(entry: &ChannelSubs, ok: bool, message: &str) {
+    let sub = entry.topic.strip_prefix("realtime:").unwrap_or(&entry.topic);
+    let payload = encode::system_payload(Some(sub), "postgres_changes", ok, message);
+    entry.outbox.push(encode::push(
+        entry.vsn,
+        entry.join_ref.as_deref(),
+        &entry.topic,
+        "system",
+        &payload,
+    ));
+}
+
+/// Claims as `request.jwt.claims` text.
+pub fn claims_json(raw: &Map<String, Value>) -> Arc<str> {
+    Arc::from(Value::Object(raw.clone()).to_string())
 }

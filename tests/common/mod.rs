@@ -2,6 +2,8 @@
 //! real sockets (WebSocket via tokio-tungstenite, HTTP by hand).
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pg;
+
 use std::process::Stdio;
 use std::time::Duration;
 

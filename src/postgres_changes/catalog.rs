@@ -1,0 +1,242 @@
+//! What the database says about tables and roles: columns and their type names, primary
+//! keys, whether RLS is on, which tables a publication has, and which columns a role may
+//! read. Cached; table entries are dropped when a Relation message says the table
+//! changed, role entries expire after a short time (privileges change without WAL).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::pool::Pool;
+
+/// How long column privileges are trusted before being read again.
+const PRIVILEGE_TTL: Duration = Duration::from_secs(10);
+
+/// One column, in attnum order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// `pg_type.typname` (`int4`, `_text`, an enum's name …), what `columns[].type` shows.
+    pub type_name: String,
+    /// The type's OID.
+    pub type_oid: u32,
+    /// The type as SQL can name it (`format_type`, schema-qualified when needed).
+    pub sql_type: String,
+}
+
+/// A published table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Live, non-generated columns in attnum order (what pgoutput sends).
+    pub columns: Vec<ColumnInfo>,
+    /// Indexes into `columns` of the primary key columns.
+    pub pk: Vec<usize>,
+    /// `relrowsecurity`.
+    pub rls: bool,
+}
+
+impl TableInfo {
+    /// Index of a column by name.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// What one role may do on one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Superuser or BYPASSRLS: row checks are not needed.
+    pub bypass_rls: bool,
+    /// Per column of the table: SELECT privilege.
+    pub selectable: Vec<bool>,
+}
+
+/// (role, table OID).
+type AccessKey = (String, u32);
+
+/// Cached catalog reads.
+pub struct Catalog {
+    pool: Arc<Pool>,
+    tables: Mutex<HashMap<u32, Arc<TableInfo>>>,
+    access: Mutex<HashMap<AccessKey, (Instant, Arc<Access>)>>,
+}
+
+impl Catalog {
+    /// A catalog reading through `pool`.
+    pub fn new(pool: Arc<Pool>) -> Catalog {
+        Catalog {
+            pool,
+            tables: Mutex::new(HashMap::new()),
+            access: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets a table (its Relation message changed).
+    pub fn invalidate(&self, oid: u32) {
+        if let Ok(mut t) = self.tables.lock() {
+            t.remove(&oid);
+        }
+        if let Ok(mut a) = self.access.lock() {
+            a.retain(|(_, table), _| *table != oid);
+        }
+    }
+
+    /// The table with this OID, or `None` when it no longer exists.
+    pub async fn table(&self, oid: u32) -> Result<Option<Arc<TableInfo>>, tokio_postgres::Error> {
+        if let Some(t) = self.tables.lock().ok().and_then(|t| t.get(&oid).cloned()) {
+            return Ok(Some(t));
+        }
+        let conn = self.pool.checkout().await?;
+        let Some(row) = conn
+            .query_opt(
+                "select n.nspname::text, c.relname::text, c.relrowsecurity \
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = $1",
+                &[&oid],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let columns = conn
+            .query(
+                "select a.attname::text, t.typname::text, a.atttypid, format_type(a.atttypid, null) \
+                 from pg_attribute a join pg_type t on t.oid = a.atttypid \
+                 where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' \
+                 order by a.attnum",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| ColumnInfo {
+                name: r.get(0),
+                type_name: r.get(1),
+                type_oid: r.get(2),
+                sql_type: r.get(3),
+            })
+            .collect::<Vec<_>>();
+        let pk_names: Vec<String> = conn
+            .query(
+                "select a.attname::text from pg_index i \
+                 join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+                 where i.indrelid = $1 and i.indisprimary",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let pk = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| pk_names.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect();
+        let table = Arc::new(TableInfo {
+            oid,
+            schema: row.get(0),
+            name: row.get(1),
+            columns,
+            pk,
+            rls: row.get(2),
+        });
+        debug!(oid, schema = %table.schema, table = %table.name, "catalog: table loaded");
+        if let Ok(mut t) = self.tables.lock() {
+            t.insert(oid, table.clone());
+        }
+        Ok(Some(table))
+    }
+
+    /// OIDs of the publication's tables matching `schema`/`table` (`*` = any).
+    pub async fn published_tables(
+        &self,
+        publication: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<u32>, tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        let rows = conn
+            .query(
+                "select c.oid from pg_publication_tables p \
+                 join pg_namespace n on n.nspname = p.schemaname \
+                 join pg_class c on c.relnamespace = n.oid and c.relname = p.tablename \
+                 where p.pubname = $1 and ($2 = '*' or p.schemaname = $2) and ($3 = '*' or p.tablename = $3)",
+                &[&publication, &schema, &table],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// What `role` may read of `table`. Errors if the role does not exist.
+    pub async fn access(&self, role: &str, table: &TableInfo) -> Result<Arc<Access>, tokio_postgres::Error> {
+        let key = (role.to_owned(), table.oid);
+        if let Some((at, a)) = self.access.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            if at.elapsed() < PRIVILEGE_TTL {
+                return Ok(a);
+            }
+        }
+        let conn = self.pool.checkout().await?;
+        // `$1::regrole` raises "role … does not exist" for an unknown role, as Supabase's
+        // subscription insert does.
+        let bypass: bool = conn
+            .query_one(
+                "select r.rolsuper or r.rolbypassrls from pg_roles r where r.oid = $1::text::regrole",
+                &[&role],
+            )
+            .await?
+            .get(0);
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let rows = conn
+            .query(
+                "select has_column_privilege($1::text::regrole, $2::oid, col, 'SELECT') from unnest($3::text[]) col",
+                &[&role, &table.oid, &names],
+            )
+            .await?;
+        let access = Arc::new(Access {
+            bypass_rls: bypass,
+            selectable: rows.iter().map(|r| r.get(0)).collect(),
+        });
+        if let Ok(mut m) = self.access.lock() {
+            m.insert(key, (Instant::now(), access.clone()));
+        }
+        Ok(access)
+    }
+
+    /// Casts a filter value to the column type and back to text, as the walsender would
+    /// print it (so runtime comparisons are between canonical texts). For `in`, the value
+    /// is an array literal and each element comes back. Errors carry Postgres' text.
+    pub async fn canonical(
+        &self,
+        value: &str,
+        sql_type: &str,
+        array: bool,
+    ) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        let sql = if array {
+            format!("select x::text from unnest($1::text::{sql_type}[]) x")
+        } else {
+            format!("select $1::text::{sql_type}::text")
+        };
+        let rows = conn.query(&sql, &[&value]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Compiles a regex the way Postgres will (`'' ~ $1`), surfacing its error text.
+    pub async fn check_regex(&self, pattern: &str) -> Result<(), tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        conn.query_one("select '' ~ $1", &[&pattern]).await.map(|_| ())
+    }
+}
+
+/// Quotes an identifier for SQL (`"na""me"`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

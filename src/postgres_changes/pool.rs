@@ -1,0 +1,72 @@
+//! A small pool of ordinary SQL connections (catalog reads, RLS checks).
+//!
+//! A connection is checked out exclusively: an RLS check switches `role` and
+//! `request.jwt.claims` inside a transaction, and nothing else may run on that connection
+//! meanwhile. Broken connections are replaced on the next checkout.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::{debug, warn};
+
+/// Fixed-size pool; connections are opened lazily.
+pub struct Pool {
+    config: Config,
+    slots: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+/// A checked-out connection.
+pub struct Conn<'a> {
+    guard: MutexGuard<'a, Option<Client>>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        // `checkout` only hands out guards holding a client.
+        match self.guard.as_ref() {
+            Some(c) => c,
+            None => unreachable!("a checked-out connection always holds a client"),
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of `size` connections to `config`'s database.
+    pub fn new(config: Config, size: usize) -> Pool {
+        Pool {
+            config,
+            slots: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of connections.
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Takes the next connection (round robin), opening it if needed.
+    pub async fn checkout(&self) -> Result<Conn<'_>, tokio_postgres::Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut guard = self.slots[i].lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = self.config.connect(NoTls).await.inspect_err(|e| {
+                warn!(error = %e, "cannot open a database connection");
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "database connection ended");
+                }
+            });
+            // Values must render like Supabase's (UTC timestamps, ISO dates).
+            client
+                .batch_execute("set application_name = 'realtime-rs'; set timezone = 'UTC'; set datestyle = 'ISO'; set extra_float_digits = 3")
+                .await?;
+            *guard = Some(client);
+        }
+        Ok(Conn { guard })
+    }
+}

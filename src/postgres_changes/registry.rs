@@ -1,0 +1,139 @@
+//! Which channel subscribed to which table, for the replication task to look up per
+//! change. Entries are replaced whole (a token refresh re-resolves them) and removed when
+//! the channel goes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use realtime_protocol::Vsn;
+use serde_json::{Map, Value};
+
+use super::subscribe::Subscription;
+use crate::fanout::ChannelId;
+use crate::transport::outbox::Outbox;
+
+/// One channel's subscriptions and how to reach it.
+#[derive(Debug)]
+pub struct ChannelSubs {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Its topic (frames carry it).
+    pub topic: Arc<str>,
+    /// Its join_ref (for `system` pushes).
+    pub join_ref: Option<String>,
+    /// Its socket's version.
+    pub vsn: Vsn,
+    /// Its socket's queue.
+    pub outbox: Arc<Outbox>,
+    /// The JWT `role` claim: the database role rows are checked as.
+    pub role: String,
+    /// The JWT claims as JSON text (`request.jwt.claims`).
+    pub claims: Arc<str>,
+    /// `sub` claim, if any.
+    pub sub: Option<String>,
+    /// The bindings as sent, to resolve again after reconnects and token refreshes.
+    pub bindings: Arc<Vec<Map<String, Value>>>,
+    /// Resolved subscriptions (empty while pending or failed).
+    pub subs: Vec<Subscription>,
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<ChannelId, Arc<ChannelSubs>>,
+    by_table: HashMap<u32, HashSet<ChannelId>>,
+}
+
+/// The subscription registry.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+}
+
+impl Registry {
+    /// Puts (or replaces) a channel's entry.
+    pub fn put(&self, entry: ChannelSubs) {
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        Self::unindex(&mut inner, entry.channel);
+        for s in &entry.subs {
+            inner.by_table.entry(s.table).or_default().insert(entry.channel);
+        }
+        inner.channels.insert(entry.channel, Arc::new(entry));
+    }
+
+    /// Replaces a channel's subscriptions if the channel is still registered; false when
+    /// it left meanwhile.
+    pub fn update(&self, channel: ChannelId, subs: Vec<Subscription>) -> bool {
+        let Ok(mut inner) = self.inner.write() else {
+            return false;
+        };
+        let Some(old) = inner.channels.get(&channel) else {
+            return false;
+        };
+        let entry = ChannelSubs {
+            channel,
+            topic: old.topic.clone(),
+            join_ref: old.join_ref.clone(),
+            vsn: old.vsn,
+            outbox: old.outbox.clone(),
+            role: old.role.clone(),
+            claims: old.claims.clone(),
+            sub: old.sub.clone(),
+            bindings: old.bindings.clone(),
+            subs,
+        };
+        Self::unindex(&mut inner, channel);
+        for s in &entry.subs {
+            inner.by_table.entry(s.table).or_default().insert(channel);
+        }
+        inner.channels.insert(channel, Arc::new(entry));
+        true
+    }
+
+    /// Drops a channel.
+    pub fn remove(&self, channel: ChannelId) {
+        if let Ok(mut inner) = self.inner.write() {
+            Self::unindex(&mut inner, channel);
+            inner.channels.remove(&channel);
+        }
+    }
+
+    fn unindex(inner: &mut Inner, channel: ChannelId) {
+        if let Some(old) = inner.channels.get(&channel).cloned() {
+            for s in &old.subs {
+                if let Some(set) = inner.by_table.get_mut(&s.table) {
+                    set.remove(&channel);
+                    if set.is_empty() {
+                        inner.by_table.remove(&s.table);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels with a subscription on `table`.
+    pub fn for_table(&self, table: u32) -> Vec<Arc<ChannelSubs>> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        inner
+            .by_table
+            .get(&table)
+            .map(|ids| ids.iter().filter_map(|id| inner.channels.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every registered channel.
+    pub fn all(&self) -> Vec<Arc<ChannelSubs>> {
+        self.inner
+            .read()
+            .map(|i| i.channels.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One channel's entry.
+    pub fn get(&self, channel: ChannelId) -> Option<Arc<ChannelSubs>> {
+        self.inner.read().ok().and_then(|i| i.channels.get(&channel).cloned())
+    }
+}
