@@ -455,3 +455,31 @@ async fn postgres_restart_recovers() {
     pg.exec("insert into todos (id, title) values (7, 'back')").await;
     assert_eq!(change(&mut c).await["data"]["record"]["id"], 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_is_followed() {
+    let (pg, s) = setup().await;
+    let mut c = s.connect("2.0.0").await;
+    subscribe(
+        &mut c,
+        "realtime:alter",
+        json!([{"event": "INSERT", "schema": "public", "table": "todos", "filter": "title=eq.keep"}]),
+        None,
+    )
+    .await;
+    pg.exec("insert into todos (id, title) values (1, 'keep')").await;
+    assert_eq!(change(&mut c).await["data"]["record"]["id"], 1);
+    pg.exec("alter table todos drop column meta; alter table todos add column extra int default 7")
+        .await;
+    pg.exec("insert into todos (id, title) values (2, 'keep'), (3, 'drop')")
+        .await;
+    let d = change(&mut c).await["data"].clone();
+    assert_eq!(d["record"]["id"], 2);
+    assert_eq!(d["record"]["extra"], 7);
+    assert!(d["record"].get("meta").is_none());
+    // Row 3 does not pass the filter; the only other frame is the re-subscription notice.
+    while let Some(f) = c.recv_within(Duration::from_millis(500)).await {
+        assert_eq!(f.event(), "system", "{f:?}");
+        assert_eq!(f.payload()["message"], "Subscribed to PostgreSQL");
+    }
+}

@@ -90,6 +90,11 @@ impl Catalog {
         }
     }
 
+    /// The cached entry, without asking the database.
+    pub fn cached(&self, oid: u32) -> Option<Arc<TableInfo>> {
+        self.tables.lock().ok().and_then(|t| t.get(&oid).cloned())
+    }
+
     /// The table with this OID, or `None` when it no longer exists.
     pub async fn table(&self, oid: u32) -> Result<Option<Arc<TableInfo>>, tokio_postgres::Error> {
         if let Some(t) = self.tables.lock().ok().and_then(|t| t.get(&oid).cloned()) {

@@ -141,6 +141,31 @@ impl PgChanges {
         }
     }
 
+    /// A Relation message: Postgres sends one before a table's first change in a session
+    /// and after its shape changed. When the columns differ from what we cached, the
+    /// catalog entry and the subscriptions compiled against it (column positions) are
+    /// rebuilt.
+    fn relation_seen(self: &Arc<Self>, relation: &realtime_wal::pgoutput::Relation) {
+        let Some(cached) = self.catalog.cached(relation.id) else {
+            return;
+        };
+        let same = cached.columns.len() == relation.columns.len()
+            && cached
+                .columns
+                .iter()
+                .zip(&relation.columns)
+                .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
+        if same {
+            return;
+        }
+        info!(table = %cached.name, "table shape changed: re-reading the catalog and re-subscribing");
+        self.catalog.invalidate(relation.id);
+        for entry in self.registry.for_table(relation.id) {
+            let pg = self.clone();
+            tokio::spawn(async move { pg.resolve(entry.channel).await });
+        }
+    }
+
     /// Pushes a `system` message to every subscribed channel.
     fn notify_all(&self, ok: bool, message: &str) {
         for entry in self.registry.all() {

@@ -72,8 +72,7 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                 ReplicationMessage::XLogData { data, .. } => {
                     let message = pgoutput::decode_bytes(&data)?;
                     if let LogicalMessage::Relation(r) = &message {
-                        // A new or changed table shape: read the catalog again.
-                        pg.catalog.invalidate(r.id);
+                        pg.relation_seen(r);
                     }
                     match assembler.push(message)? {
                         Some(Event::Begin { commit_time_us, final_lsn, .. }) => {
