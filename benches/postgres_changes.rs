@@ -71,7 +71,16 @@ async fn main() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let port: u16 = lines.next_line().await.unwrap().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    let port: u16 = lines
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let anon = token(json!({"role": "anon", "exp": 4_000_000_000u64}));
 
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
@@ -82,14 +91,18 @@ async fn main() {
     for i in 0..subscribers {
         let url = format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={anon}&vsn=1.0.0");
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-        let user = token(json!({"role": "authenticated", "sub": format!("00000000-0000-0000-0000-{i:012}"), "grp": (i as u64) % GROUPS, "exp": 4_000_000_000u64}));
+        let user = token(
+            json!({"role": "authenticated", "sub": format!("00000000-0000-0000-0000-{i:012}"), "grp": (i as u64) % GROUPS, "exp": 4_000_000_000u64}),
+        );
         let join = json!({"topic": format!("realtime:items-{i}"), "event": "phx_join", "ref": "1", "join_ref": "1",
             "payload": {"config": {"broadcast": {"self": false}, "presence": {"key": ""}, "private": false,
             "postgres_changes": [{"event": "INSERT", "schema": "public", "table": "items"}]}, "access_token": user}});
         ws.send(Message::text(join.to_string())).await.unwrap();
         // Wait for "Subscribed to PostgreSQL".
         loop {
-            let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("closed while joining") };
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("closed while joining")
+            };
             if t.contains("Subscribed to PostgreSQL") {
                 break;
             }
@@ -129,9 +142,15 @@ async fn main() {
         subscribers as u64 / GROUPS,
         started.elapsed().as_secs_f64()
     );
-    println!("{:>10} {:>8} {:>12} {:>14} {:>9} {:>9}", "inserts/s", "rows", "delivered", "delivered/s", "p50 ms", "p99 ms");
+    println!(
+        "{:>10} {:>8} {:>12} {:>14} {:>9} {:>9}",
+        "inserts/s", "rows", "delivered", "delivered/s", "p50 ms", "p99 ms"
+    );
     let writer = pg.client().await;
-    let insert = writer.prepare("insert into items (grp, sent_at, body) values ($1, $2, 'x')").await.unwrap();
+    let insert = writer
+        .prepare("insert into items (grp, sent_at, body) values ($1, $2, 'x')")
+        .await
+        .unwrap();
     let mut results = Vec::new();
     let mut row = 0u64;
     for &rate in &rates {
@@ -145,7 +164,10 @@ async fn main() {
             tick.tick().await;
             let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                writer.execute(&insert, &[&((row % GROUPS) as i32), &(now_us() as i64)]).await.unwrap();
+                writer
+                    .execute(&insert, &[&((row % GROUPS) as i32), &(now_us() as i64)])
+                    .await
+                    .unwrap();
                 sent += 1;
                 row += 1;
             }
@@ -155,26 +177,46 @@ async fn main() {
         recording.store(false, Ordering::Relaxed);
         // One more row of every group makes each receiver flush its counters.
         for g in 0..GROUPS {
-            writer.execute(&insert, &[&(g as i32), &(now_us() as i64)]).await.unwrap();
+            writer
+                .execute(&insert, &[&(g as i32), &(now_us() as i64)])
+                .await
+                .unwrap();
             row += 1;
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let h = histogram.lock().unwrap().clone();
         let n = delivered.load(Ordering::Relaxed);
         let expected = sent * subscribers as u64 / GROUPS;
-        let (p50, p99) = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
-        println!("{rate:>10} {sent:>8} {n:>12} {:>14.0} {p50:>9.1} {p99:>9.1}", n as f64 / elapsed);
+        let (p50, p99) = (
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        );
+        println!(
+            "{rate:>10} {sent:>8} {n:>12} {:>14.0} {p50:>9.1} {p99:>9.1}",
+            n as f64 / elapsed
+        );
         results.push(json!({"inserts_per_sec": rate, "rows": sent, "delivered": n, "expected": expected, "delivered_per_sec": (n as f64 / elapsed).round(), "p50_ms": p50, "p99_ms": p99}));
         if n < expected * 9 / 10 || p99 > 2000.0 {
             break;
         }
     }
-    let best = results.iter().filter(|r| r["delivered"] == r["expected"]).max_by(|a, b| a["delivered_per_sec"].as_f64().partial_cmp(&b["delivered_per_sec"].as_f64()).unwrap());
+    let best = results
+        .iter()
+        .filter(|r| r["delivered"] == r["expected"])
+        .max_by(|a, b| {
+            a["delivered_per_sec"]
+                .as_f64()
+                .partial_cmp(&b["delivered_per_sec"].as_f64())
+                .unwrap()
+        });
     if let Some(b) = best {
         println!("summary: {} delivered msgs/s with RLS for {subscribers} distinct users (p50 {} ms, p99 {} ms) at {} inserts/s", b["delivered_per_sec"], b["p50_ms"], b["p99_ms"], b["inserts_per_sec"]);
     } else {
         println!("summary: no step delivered everything");
     }
-    println!("{}", json!({"bench": "postgres_changes_rls", "subscribers": subscribers, "groups": GROUPS, "steps": results}));
+    println!(
+        "{}",
+        json!({"bench": "postgres_changes_rls", "subscribers": subscribers, "groups": GROUPS, "steps": results})
+    );
     let _ = server.kill().await;
 }

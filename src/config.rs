@@ -47,6 +47,10 @@ pub struct Config {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
 
+    /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
+    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub private_only: bool,
+
     /// Delay before answering a refused WebSocket upgrade (Supabase: 2000), to slow
     /// reconnect loops of misconfigured clients.
     #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2000)]

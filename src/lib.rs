@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod authorization;
 pub mod broadcast;
 pub mod channel;
 pub mod config;

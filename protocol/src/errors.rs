@@ -7,6 +7,8 @@ pub const TOPIC_NAME_REQUIRED: &str = "TopicNameRequired: You must provide a top
 pub const TOO_MANY_CHANNELS: &str = "ChannelRateLimitReached: Too many channels";
 /// Join refused: `PRIVATE_ONLY` is set and the join is public.
 pub const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
+/// Join refused: replay asked on a public channel.
+pub const REPLAY_PUBLIC: &str = "UnableToReplayMessages: Replay is not allowed for public channels";
 /// Reply to a push on a topic the socket has not joined.
 pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 /// Reply to a presence track whose payload is not a JSON object.
@@ -49,4 +51,14 @@ pub mod rest {
 /// Join refused for a private channel the token may not read.
 pub fn unauthorized_read(sub_topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
+}
+
+/// `system` message when a refreshed token may no longer read a private channel.
+pub fn no_read_permission(sub_topic: &str) -> String {
+    format!("You do not have permissions to read from this Channel topic: {sub_topic}")
+}
+
+/// `system` message when a refreshed token lost one of the read permissions it had.
+pub fn read_permission_revoked(sub_topic: &str) -> String {
+    format!("You no longer have permission to read from this Channel topic: {sub_topic}")
 }

@@ -12,10 +12,11 @@ use tracing::{debug, info};
 
 use super::read_body;
 use crate::app::App;
+use crate::auth::Claims;
 use crate::fanout::TopicKey;
 use crate::http::{empty, json_error, response, Body};
 
-pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn handle(app: &App, req: Request<Incoming>, claims: &Claims) -> Response<Body> {
     let Some(body) = read_body(req, app.config.max_frame_size).await else {
         return super::too_large();
     };
@@ -37,12 +38,23 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> 
         return unprocessable(json!({ "messages": list }));
     }
 
+    // One write check per private topic; a topic that fails it is skipped (still 202),
+    // as Supabase does.
+    let mut allowed: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     for message in checked.into_iter().flatten() {
         if message.private {
-            // Private sends need an RLS write check against the database; without one
-            // nothing may be delivered (Supabase skips a topic whose check fails).
-            info!(topic = %message.topic, "skipping private REST broadcast: no authorization source");
-            continue;
+            let ok = match allowed.get(&message.topic) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = super::may_write_private(app, claims, &message.topic).await;
+                    allowed.insert(message.topic.clone(), ok);
+                    ok
+                }
+            };
+            if !ok {
+                info!(topic = %message.topic, "skipping private REST broadcast: not authorized");
+                continue;
+            }
         }
         let meta = message.id.map(|id| json!({ "id": id }).to_string());
         let map = json_map(
@@ -50,7 +62,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> 
             meta.as_deref().map(str::as_bytes),
             message.payload.as_bytes(),
         );
-        let key = TopicKey::new(&format!("realtime:{}", message.topic), false);
+        let key = TopicKey::new(&format!("realtime:{}", message.topic), message.private);
         let n = app
             .registry
             .broadcast(&key, &BroadcastMessage::Map(Bytes::from(map)), None);

@@ -15,6 +15,7 @@ use realtime_protocol::errors;
 use tracing::info;
 
 use crate::app::{now_ms, App};
+use crate::auth::Claims;
 use crate::http::{json_error, response, Body};
 
 /// Routes `/api/...` (the `/realtime/v1` prefix already removed).
@@ -25,20 +26,25 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, path: &str) -> Respons
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["api", "ping"]) => response(StatusCode::OK, "application/json", r#"{"message":"Success"}"#),
-        (&Method::POST, ["api", "broadcast"]) if authorized(&app, &req) => batch::handle(&app, req).await,
-        (&Method::POST, ["api", "broadcast", topic, "events", event]) if authorized(&app, &req) => {
-            let (topic, event) = (decode(topic), decode(event));
-            single::handle(&app, req, &topic, &event).await
-        }
-        (&Method::POST, ["api", "broadcast", ..]) => {
-            json_error(StatusCode::UNAUTHORIZED, "message", errors::rest::UNAUTHORIZED)
+        (&Method::POST, ["api", "broadcast", rest @ ..]) => {
+            let Some(claims) = authorize(&app, &req) else {
+                return json_error(StatusCode::UNAUTHORIZED, "message", errors::rest::UNAUTHORIZED);
+            };
+            match rest {
+                [] => batch::handle(&app, req, &claims).await,
+                [topic, "events", event] => {
+                    let (topic, event) = (decode(topic), decode(event));
+                    single::handle(&app, req, &claims, &topic, &event).await
+                }
+                _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
+            }
         }
         _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
     }
 }
 
 /// `Authorization: Bearer <jwt>`, else the `apikey` header, verified like a socket's key.
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+fn authorize(app: &App, req: &Request<Incoming>) -> Option<Claims> {
     let headers = req.headers();
     let bearer = headers
         .get(AUTHORIZATION)
@@ -47,12 +53,25 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
     let Some(token) = token else {
         info!("REST request without a token");
-        return false;
+        return None;
     };
     match app.verifier.verify(token.trim(), now_ms() / 1000) {
-        Ok(_) => true,
+        Ok(claims) => Some(claims),
         Err(e) => {
             info!(error = ?e, "REST request with a bad token");
+            None
+        }
+    }
+}
+
+/// May `claims` broadcast to the private `topic`? Asks the RLS policies; without a
+/// database, nobody may.
+async fn may_write_private(app: &App, claims: &Claims, topic: &str) -> bool {
+    let Some(pg) = &app.pg else { return false };
+    match crate::authorization::write(pg.pool(), topic, claims).await {
+        Ok(w) => w.broadcast,
+        Err(e) => {
+            info!(topic, error = %e, "REST private write authorization failed");
             false
         }
     }

@@ -11,10 +11,17 @@ use tracing::{debug, info};
 
 use super::read_body;
 use crate::app::App;
+use crate::auth::Claims;
 use crate::fanout::TopicKey;
 use crate::http::{empty, json_error, Body};
 
-pub(super) async fn handle(app: &App, req: Request<Incoming>, topic: &str, event: &str) -> Response<Body> {
+pub(super) async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    claims: &Claims,
+    topic: &str,
+    event: &str,
+) -> Response<Body> {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -37,9 +44,8 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, topic: &str, event
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "private" && v == "true"))
         .unwrap_or(false);
-    if private {
-        // Needs the RLS write check, which needs the database; refuse rather than deliver.
-        info!(%topic, "refusing private REST broadcast: no authorization source");
+    if private && !super::may_write_private(app, claims, topic).await {
+        info!(%topic, "refusing private REST broadcast: not authorized");
         return json_error(StatusCode::FORBIDDEN, "message", errors::rest::UNAUTHORIZED);
     }
     let Some(mut body) = read_body(req, app.config.max_frame_size).await else {
@@ -65,7 +71,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, topic: &str, event
         encoding,
         body,
     };
-    let key = TopicKey::new(&format!("realtime:{topic}"), false);
+    let key = TopicKey::new(&format!("realtime:{topic}"), private);
     let n = app.registry.broadcast(&key, &msg, None);
     debug!(topic = %key.topic, delivered = n, "REST single broadcast");
     empty(StatusCode::ACCEPTED)

@@ -6,15 +6,16 @@ use std::time::Duration;
 use realtime_protocol::encode::{self, Status};
 use realtime_protocol::errors;
 use realtime_protocol::join::{join_reply_response, JoinRequest};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Channel, Session};
 use crate::app::now_ms;
+use crate::authorization;
 use crate::fanout::{Subscriber, TopicKey};
 use crate::postgres_changes::claims_json;
 use crate::postgres_changes::registry::ChannelSubs;
 
-pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
+pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
     let Some(sub_topic) = topic.strip_prefix("realtime:") else {
         // Only `realtime:*` topics are routed, as in Supabase's socket.
         let reason = encode::reason(errors::UNMATCHED_TOPIC);
@@ -37,6 +38,9 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
     if sub_topic.is_empty() {
         return refuse(s, errors::TOPIC_NAME_REQUIRED);
     }
+    if s.app.config.private_only && !req.config.private {
+        return refuse(s, errors::PRIVATE_ONLY);
+    }
     if s.channels.len() >= s.app.config.max_channels_per_client {
         return refuse(s, errors::TOO_MANY_CHANNELS);
     }
@@ -53,11 +57,33 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
     };
 
     let config = req.config;
-    if config.private {
+    if config.replay.is_some() && !config.private {
+        return refuse(s, errors::REPLAY_PUBLIC);
+    }
+    let read = if config.private {
         // Read authorization is an RLS check on `realtime.messages`; without a database
         // nothing can grant it, so private channels are refused rather than left open.
-        return refuse(s, &errors::unauthorized_read(sub_topic));
-    }
+        let Some(pg) = s.app.pg.clone() else {
+            return refuse(s, &errors::unauthorized_read(sub_topic));
+        };
+        match authorization::read(pg.pool(), sub_topic, &claims, config.presence_enabled).await {
+            Ok(read) if read.broadcast || read.presence => read,
+            Ok(_) => return refuse(s, &errors::unauthorized_read(sub_topic)),
+            Err(e) if e.as_db_error().is_some() => {
+                warn!(error_code = "RlsPolicyError", %topic, error = %e, "read policy failed");
+                return refuse(s, &errors::unauthorized_read(sub_topic));
+            }
+            Err(e) => {
+                warn!(%topic, error = %e, "cannot authorize a private channel");
+                return refuse(s, errors::PG_UNABLE_TO_CONNECT);
+            }
+        }
+    } else {
+        authorization::Read {
+            broadcast: true,
+            presence: true,
+        }
+    };
 
     let key = TopicKey::new(topic, config.private);
     let channel = Channel {
@@ -69,6 +95,8 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
         presence_key: config.presence_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         token,
         claims,
+        read,
+        write: None,
         pg_bindings: Arc::new(config.postgres_changes),
     };
 
@@ -79,8 +107,10 @@ pub(super) fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: O
         channel: channel.id,
         vsn: s.vsn,
         outbox: s.outbox.clone(),
+        broadcast_read: read.broadcast,
+        presence_read: read.presence,
     };
-    let state_join_ref = config.presence_enabled.then_some(join_ref.unwrap_or_default());
+    let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
     s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
 
     subscribe_postgres_changes(s, &channel);

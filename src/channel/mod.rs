@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use realtime_protocol::encode::{self, Status};
-use realtime_protocol::event::ClientEvent;
+use realtime_protocol::event::{ClientEvent, PresenceCommand};
 use realtime_protocol::frame::{decode_binary, decode_text};
 use realtime_protocol::{errors, Inbound, Vsn, WireFrame};
 use tracing::{debug, warn};
 
 use crate::app::{now_ms, App};
 use crate::auth::Claims;
+use crate::authorization;
 use crate::fanout::{ChannelId, TopicKey};
 use crate::transport::outbox::Outbox;
 
@@ -37,6 +38,10 @@ pub struct Channel {
     pub token: String,
     /// Claims of `token`.
     pub claims: Claims,
+    /// Private channels: what the subscriber may read (both true on public channels).
+    pub read: authorization::Read,
+    /// Private channels: cached write permissions (`None` until first needed).
+    pub write: Option<authorization::Write>,
     /// `postgres_changes` bindings as sent (empty when none).
     pub pg_bindings: Arc<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
@@ -66,9 +71,9 @@ impl Session {
 
     /// Handles a text frame. Malformed frames are logged and dropped; the connection
     /// keeps working.
-    pub fn handle_text(&mut self, bytes: &[u8]) {
+    pub async fn handle_text(&mut self, bytes: &[u8]) {
         match decode_text(self.vsn, bytes) {
-            Ok(msg) => self.dispatch(msg),
+            Ok(msg) => self.dispatch(msg).await,
             Err(e) => {
                 warn!(error_code = "MalformedWebSocketMessage", error = %e, "dropping text frame")
             }
@@ -76,22 +81,24 @@ impl Session {
     }
 
     /// Handles a binary frame (V2 user broadcast push).
-    pub fn handle_binary(&mut self, bytes: &[u8]) {
+    pub async fn handle_binary(&mut self, bytes: &[u8]) {
         match decode_binary(self.vsn, bytes) {
-            Ok(msg) => self.dispatch(msg),
+            Ok(msg) => self.dispatch(msg).await,
             Err(e) => {
                 warn!(error_code = "MalformedWebSocketMessage", error = %e, "dropping binary frame")
             }
         }
     }
 
-    fn dispatch(&mut self, msg: Inbound<'_>) {
+    // Handlers may wait on the database (private-channel authorization); messages of one
+    // connection are handled in order, as Phoenix handles a channel's messages in order.
+    async fn dispatch(&mut self, msg: Inbound<'_>) {
         let event = ClientEvent::parse(&msg);
         let topic = msg.topic.as_ref();
         let ref_ = msg.ref_.as_deref();
         match event {
             ClientEvent::Heartbeat => self.reply(None, ref_, topic, Status::Ok, "{}"),
-            ClientEvent::Join(req) => join::join(self, topic, msg.join_ref.as_deref(), ref_, req),
+            ClientEvent::Join(req) => join::join(self, topic, msg.join_ref.as_deref(), ref_, req).await,
             ClientEvent::Leave => match self.channels.remove(topic) {
                 Some(ch) => {
                     self.reply(ch.join_ref.as_deref(), ref_, topic, Status::Ok, "{}");
@@ -104,8 +111,13 @@ impl Session {
                 let reason = encode::reason(errors::UNMATCHED_TOPIC);
                 self.reply(None, ref_, topic, Status::Error, &reason);
             }
-            ClientEvent::AccessToken(token) => token::refresh(self, topic, token),
+            ClientEvent::AccessToken(token) => token::refresh(self, topic, token).await,
             ClientEvent::Broadcast(b) => {
+                if !self.ensure_write(topic).await.broadcast {
+                    // Supabase drops an unauthorized broadcast silently, even with ack.
+                    debug!(%topic, "broadcast without write permission dropped");
+                    return;
+                }
                 if let Some(ch) = self.channels.get(topic) {
                     let reply = crate::broadcast::from_client(&self.app, ch, b);
                     if let Some((status, response)) = reply {
@@ -115,6 +127,7 @@ impl Session {
                 }
             }
             ClientEvent::Presence(cmd) => {
+                let may_track = self.ensure_write(topic).await.presence;
                 if let Some(ch) = self.channels.get(topic) {
                     let reply = |status, response: &str| {
                         self.outbox.push(encode::reply(
@@ -126,11 +139,48 @@ impl Session {
                             response,
                         ));
                     };
+                    if !may_track && matches!(cmd, PresenceCommand::Track(_)) {
+                        reply(Status::Error, "{}");
+                        return;
+                    }
                     crate::presence::handler::handle(&self.app, ch, cmd, reply);
                 }
             }
             ClientEvent::Other(event) => debug!(%topic, %event, "ignoring unknown client event"),
         }
+    }
+
+    /// Write permissions of a channel: everything on public channels; on private ones the
+    /// RLS answer, asked on first use and cached until the next token refresh.
+    async fn ensure_write(&mut self, topic: &str) -> authorization::Write {
+        let Some(ch) = self.channels.get(topic) else {
+            return authorization::Write::default();
+        };
+        if !ch.key.private {
+            return authorization::Write {
+                broadcast: true,
+                presence: true,
+            };
+        }
+        if let Some(w) = ch.write {
+            return w;
+        }
+        let Some(pg) = self.app.pg.clone() else {
+            return authorization::Write::default();
+        };
+        let sub_topic = ch.key.sub_topic().to_owned();
+        let claims = ch.claims.clone();
+        let write = match authorization::write(pg.pool(), &sub_topic, &claims).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(%topic, error = %e, "write authorization failed: denying");
+                return authorization::Write::default();
+            }
+        };
+        if let Some(ch) = self.channels.get_mut(topic) {
+            ch.write = Some(write);
+        }
+        write
     }
 
     /// Queues a `phx_reply`.

@@ -52,6 +52,10 @@ pub struct Subscriber {
     pub vsn: Vsn,
     /// Its socket's outbound queue.
     pub outbox: Arc<Outbox>,
+    /// May receive broadcasts (always on public topics; RLS-granted on private ones).
+    pub broadcast_read: bool,
+    /// May receive presence diffs (same rule).
+    pub presence_read: bool,
 }
 
 type Shard = RwLock<AHashMap<TopicKey, Vec<Subscriber>>>;
@@ -113,6 +117,7 @@ impl Registry {
         &self,
         key: &TopicKey,
         exclude: Option<ChannelId>,
+        wants: impl Fn(&Subscriber) -> bool,
         mut encode: impl FnMut(Vsn) -> Option<WireFrame>,
     ) -> usize {
         let Ok(shard) = self.shard(key).read() else {
@@ -125,7 +130,7 @@ impl Registry {
         let mut v2: Option<Option<WireFrame>> = None;
         let mut delivered = 0;
         for sub in subs {
-            if Some(sub.channel) == exclude {
+            if Some(sub.channel) == exclude || !wants(sub) {
                 continue;
             }
             let slot = match sub.vsn {
@@ -143,15 +148,18 @@ impl Registry {
 
     /// Fans out a broadcast (see [`BroadcastMessage::encode`] for what each version gets).
     pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        self.publish(key, exclude, |vsn| msg.encode(vsn, &key.topic))
+        self.publish(key, exclude, |s| s.broadcast_read, |vsn| msg.encode(vsn, &key.topic))
     }
 
-    /// Fans out a message with null join_ref/ref to every subscriber (`presence_diff`,
-    /// `postgres_changes`).
-    pub fn fastlane(&self, key: &TopicKey, event: &str, payload_json: &[u8]) -> usize {
-        self.publish(key, None, |vsn| {
-            Some(encode::fastlane(vsn, &key.topic, event, payload_json))
-        })
+    /// Fans out a `presence_diff` (null join_ref/ref) to every subscriber allowed to see
+    /// presence.
+    pub fn presence_diff(&self, key: &TopicKey, payload_json: &[u8]) -> usize {
+        self.publish(
+            key,
+            None,
+            |s| s.presence_read,
+            |vsn| Some(encode::fastlane(vsn, &key.topic, "presence_diff", payload_json)),
+        )
     }
 }
 
@@ -168,6 +176,8 @@ mod tests {
                 channel: id,
                 vsn,
                 outbox: outbox.clone(),
+                broadcast_read: true,
+                presence_read: true,
             },
             outbox,
         )
@@ -195,10 +205,15 @@ mod tests {
             reg.subscribe(&key, s);
         }
         let mut calls = 0;
-        let n = reg.publish(&key, None, |vsn| {
-            calls += 1;
-            Some(encode::fastlane(vsn, "realtime:room", "e", b"{}"))
-        });
+        let n = reg.publish(
+            &key,
+            None,
+            |_| true,
+            |vsn| {
+                calls += 1;
+                Some(encode::fastlane(vsn, "realtime:room", "e", b"{}"))
+            },
+        );
         assert_eq!((n, calls), (3, 2));
         let (fa, fb) = (drained(&oa), drained(&ob));
         assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "V2 receivers share one buffer");

@@ -99,6 +99,11 @@ impl PgChanges {
         tokio::spawn(async move { pg.resolve(channel).await });
     }
 
+    /// The SQL pool (also used for private-channel authorization).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// The channel left.
     pub fn unsubscribe(&self, channel: ChannelId) {
         self.registry.remove(channel);

@@ -113,7 +113,7 @@ impl PresenceHub {
 
 fn publish(registry: &Registry, key: &TopicKey, diff: Option<Diff>) {
     if let Some(diff) = diff.filter(|d| !d.is_empty()) {
-        registry.fastlane(key, "presence_diff", diff.to_json().as_bytes());
+        registry.presence_diff(key, diff.to_json().as_bytes());
     }
 }
 

@@ -191,11 +191,11 @@ where
                 match msg {
                     Incoming::Text(bytes) => {
                         last_msg = last_any;
-                        session.handle_text(&bytes);
+                        session.handle_text(&bytes).await;
                     }
                     Incoming::Binary(bytes) => {
                         last_msg = last_any;
-                        session.handle_binary(&bytes);
+                        session.handle_binary(&bytes).await;
                     }
                     Incoming::Alive => {}
                 }
