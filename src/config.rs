@@ -43,6 +43,24 @@ pub struct Config {
     #[arg(long, env = "SLOT_NAME", default_value = "realtime_rs")]
     pub slot_name: String,
 
+    /// Apply the `realtime` schema migrations (realtime.messages, realtime.send, …) at start.
+    /// Set to false when you manage that schema yourself.
+    #[arg(long, env = "REALTIME_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub realtime_migrations: bool,
+
+    /// Logical replication slot for Broadcast from Database (persistent; created if
+    /// missing), streaming the `supabase_realtime_messages_publication` publication.
+    #[arg(long, env = "MESSAGES_SLOT_NAME", default_value = "realtime_rs_messages")]
+    pub messages_slot_name: String,
+
+    /// Rows of `realtime.messages` older than this many hours are deleted (0 = keep all).
+    #[arg(long, env = "MESSAGES_RETENTION_HOURS", default_value_t = 72)]
+    pub messages_retention_hours: u64,
+
+    /// How often retention runs, in seconds (tests shorten it).
+    #[arg(long, env = "MESSAGES_RETENTION_INTERVAL_SECS", default_value_t = 3600, hide = true)]
+    pub messages_retention_interval_secs: u64,
+
     /// SQL connections for catalog reads and RLS checks.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,

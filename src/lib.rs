@@ -12,10 +12,12 @@ pub mod authorization;
 pub mod broadcast;
 pub mod channel;
 pub mod config;
+pub mod db_broadcast;
 pub mod fanout;
 pub mod http;
 pub mod postgres_changes;
 pub mod presence;
+pub mod realtime_schema;
 pub mod server;
 pub mod transport;
 
@@ -54,6 +56,15 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(url) = config.database_url.as_deref() {
+        realtime_schema::start(realtime_schema::Settings {
+            database_url: url,
+            migrations: config.realtime_migrations,
+            retention_hours: config.messages_retention_hours,
+            retention_interval: std::time::Duration::from_secs(config.messages_retention_interval_secs),
+        })
+        .await?;
+    }
     let pg = match config.database_url.as_deref() {
         Some(url) => Some(postgres_changes::PgChanges::start(postgres_changes::Settings {
             database_url: url,
@@ -64,6 +75,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         None => None,
     };
     let app = App::new(config, verifier, pg, shutdown_rx.clone());
+    db_broadcast::start(app.clone())?;
 
     // Scripts and tests read the bound address from this first stdout line.
     let mut stdout = std::io::stdout();

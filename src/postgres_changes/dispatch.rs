@@ -17,7 +17,7 @@ use super::catalog::{Access, TableInfo};
 use super::filter::Cell;
 use super::payload::{self, Change};
 use super::registry::ChannelSubs;
-use super::rls::{self, Viewer};
+use super::rls::{self, Check, Viewer};
 use super::PgChanges;
 
 /// One channel that wants one change (before RLS).
@@ -36,12 +36,19 @@ struct Prepared<'a> {
     candidates: Vec<Candidate>,
 }
 
-/// Delivers a chunk of changes that share a commit timestamp.
-pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: i64) {
-    let ts = payload::commit_timestamp(commit_us);
+/// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time.
+pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64]) {
+    // Changes of one transaction share a timestamp: format each distinct one once.
+    let mut stamps: Vec<(i64, String)> = Vec::new();
+    for &t in commit_us {
+        if stamps.last().is_none_or(|(last, _)| *last != t) {
+            stamps.push((t, payload::commit_timestamp(t)));
+        }
+    }
     let mut prepared: Vec<Prepared<'_>> = Vec::with_capacity(changes.len());
-    for change in changes {
-        if let Some(p) = prepare(pg, change, &ts).await {
+    for (change, t) in changes.iter().zip(commit_us) {
+        let ts = stamps.iter().find(|(s, _)| s == t).map_or("", |(_, s)| s.as_str());
+        if let Some(p) = prepare(pg, change, ts).await {
             prepared.push(p);
         }
     }
@@ -209,30 +216,52 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 .push((pi, ci));
         }
     }
-    for ((_, role, claims), members) in groups {
-        let (first_p, first_c) = members[0];
+    // Per table: one batched call for all its viewers.
+    let mut by_table: HashMap<u32, Vec<(GroupKey, Vec<(usize, usize)>)>> = HashMap::new();
+    for (key, members) in groups {
+        by_table.entry(key.0).or_default().push((key, members));
+    }
+    for (_, groups) in by_table {
+        let (first_p, _) = groups[0].1[0];
         let table = prepared[first_p].table.clone();
-        let sub = prepared[first_p].candidates[first_c].channel.sub.clone();
-        // Distinct rows of this group, in order.
-        let mut rows: Vec<usize> = members.iter().map(|(p, _)| *p).collect();
-        rows.dedup();
-        let keys: Vec<Vec<String>> = rows.iter().map(|&p| prepared[p].pk.clone()).collect();
-        let viewer = Viewer {
-            role: &role,
-            claims: &claims,
-            sub: sub.as_deref(),
-        };
-        let verdict = match rls::visible(&pg.pool, &table, &viewer, &keys).await {
-            Ok(v) => v,
-            Err(e) => {
+        // Distinct rows of each group, in order.
+        let rows: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|(_, members)| {
+                let mut r: Vec<usize> = members.iter().map(|(p, _)| *p).collect();
+                r.dedup();
+                r
+            })
+            .collect();
+        let subs: Vec<Option<String>> = groups
+            .iter()
+            .map(|(_, m)| prepared[m[0].0].candidates[m[0].1].channel.sub.clone())
+            .collect();
+        let checks: Vec<Check<'_>> = groups
+            .iter()
+            .zip(&rows)
+            .zip(&subs)
+            .map(|(((key, _), rows), sub)| Check {
+                viewer: Viewer {
+                    role: &key.1,
+                    claims: &key.2,
+                    sub: sub.as_deref(),
+                },
+                rows: rows.iter().map(|&p| prepared[p].pk.clone()).collect(),
+            })
+            .collect();
+        let verdicts = rls::visible(&pg.pool, &table, &checks).await;
+        drop(checks);
+        for (((key, members), rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
+            let verdict = verdict.unwrap_or_else(|e| {
                 // Isolated: only this viewer misses these rows (Supabase issue #2093).
-                warn!(role = %role, table = %table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
+                warn!(role = %key.1, table = %table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
                 vec![false; rows.len()]
+            });
+            for &(p, c) in members {
+                let at = rows.iter().position(|&r| r == p).unwrap_or(0);
+                prepared[p].candidates[c].visible = verdict.get(at).copied().unwrap_or(false);
             }
-        };
-        for (p, c) in members {
-            let at = rows.iter().position(|&r| r == p).unwrap_or(0);
-            prepared[p].candidates[c].visible = verdict.get(at).copied().unwrap_or(false);
         }
     }
 }

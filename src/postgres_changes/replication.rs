@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use realtime_protocol::errors;
 use realtime_wal::change::{Assembler, Event, RowChange};
 use realtime_wal::pgoutput::{self, LogicalMessage};
@@ -17,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{dispatch, PgChanges};
 
-/// Changes delivered per RLS round (a bigger transaction is delivered in chunks, in order).
+/// Most changes per RLS round (a bigger transaction is delivered in chunks, in order).
 const CHUNK: usize = 512;
 /// How often the position is reported while idle.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -58,8 +59,7 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
     }
 
     let mut assembler = Assembler::new();
-    let mut pending: Vec<RowChange> = Vec::new();
-    let mut commit_us = 0i64;
+    let mut batch = Batch::default();
     let mut in_transaction = false;
     // Set for a transaction this process already delivered (redelivered after a
     // Postgres restart): its changes are dropped, its end acknowledged again.
@@ -67,17 +67,32 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.tick().await;
     loop {
-        tokio::select! {
-            msg = stream.recv() => match msg? {
+        let msg = tokio::select! {
+            msg = stream.recv() => msg?,
+            _ = status.tick() => {
+                stream.send_status().await?;
+                continue;
+            }
+        };
+        let mut next = Some(msg);
+        // Group commit: take every message that is already here (up to a chunk), so
+        // that when changes arrive faster than they are checked, one RLS round covers
+        // many transactions instead of one.
+        while let Some(msg) = next.take() {
+            match msg {
                 ReplicationMessage::XLogData { data, .. } => {
                     let message = pgoutput::decode_bytes(&data)?;
                     if let LogicalMessage::Relation(r) = &message {
                         pg.relation_seen(r);
                     }
                     match assembler.push(message)? {
-                        Some(Event::Begin { commit_time_us, final_lsn, .. }) => {
+                        Some(Event::Begin {
+                            commit_time_us,
+                            final_lsn,
+                            ..
+                        }) => {
                             in_transaction = true;
-                            commit_us = commit_time_us;
+                            batch.commit_us = commit_time_us;
                             replayed = final_lsn.0 < pg.last_acked.load(Ordering::SeqCst);
                             if replayed {
                                 debug!(%final_lsn, "skipping a transaction already delivered");
@@ -85,22 +100,13 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                         }
                         Some(Event::Change(_)) if replayed => {}
                         Some(Event::Change(change)) => {
-                            pending.push(change);
-                            if pending.len() >= CHUNK {
-                                dispatch::deliver(pg, &pending, commit_us).await;
-                                pending.clear();
-                            }
+                            batch.changes.push(change);
+                            batch.times.push(batch.commit_us);
                         }
                         Some(Event::Commit { end_lsn, .. }) => {
-                            if !pending.is_empty() {
-                                dispatch::deliver(pg, &pending, commit_us).await;
-                                pending.clear();
-                            }
                             in_transaction = false;
                             replayed = false;
-                            pg.last_acked.fetch_max(end_lsn.0, Ordering::SeqCst);
-                            stream.set_flushed(end_lsn);
-                            stream.send_status().await?;
+                            batch.ack = Some(end_lsn);
                         }
                         Some(Event::Truncate { .. }) => debug!("TRUNCATE is not delivered (as in Supabase)"),
                         None => {}
@@ -109,12 +115,47 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                 ReplicationMessage::Keepalive { wal_end, .. } => {
                     // Nothing of ours is in flight: everything up to the server's end of
                     // WAL is handled, so let it release that WAL.
-                    if !in_transaction && pending.is_empty() {
+                    if !in_transaction && batch.is_empty() {
                         stream.set_flushed(wal_end);
                     }
                 }
-            },
-            _ = status.tick() => stream.send_status().await?,
+            }
+            if batch.changes.len() < CHUNK {
+                // `recv` is cancel safe: polling it once and dropping it loses nothing.
+                next = stream.recv().now_or_never().transpose()?;
+            }
         }
+        if in_transaction && batch.changes.len() < CHUNK {
+            continue;
+        }
+        if !batch.changes.is_empty() {
+            dispatch::deliver(pg, &batch.changes, &batch.times).await;
+            batch.changes.clear();
+            batch.times.clear();
+        }
+        // Acknowledged only now that its changes are queued for every subscriber.
+        if let Some(end_lsn) = batch.ack.take() {
+            pg.last_acked.fetch_max(end_lsn.0, Ordering::SeqCst);
+            stream.set_flushed(end_lsn);
+            stream.send_status().await?;
+        }
+    }
+}
+
+/// Changes read but not yet delivered, and the last commit among them.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<RowChange>,
+    /// Commit time of each change (unix µs).
+    times: Vec<i64>,
+    /// Commit time of the transaction being read.
+    commit_us: i64,
+    /// End LSN of the last complete transaction in the batch.
+    ack: Option<realtime_wal::Lsn>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.ack.is_none()
     }
 }

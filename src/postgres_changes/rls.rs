@@ -1,9 +1,20 @@
 //! Row Level Security, checked the way Supabase does (a SELECT by primary key as the
-//! subscriber's role with its JWT claims set), but batched: one statement per
-//! (role, claims) group per table for all rows of a chunk, pipelined with its transaction
-//! control on one pooled connection.
+//! subscriber's role with its JWT claims set), but batched:
+//!
+//! * one statement per (role, claims) viewer per table covers all rows of a chunk;
+//! * viewers are spread over the pool's connections, and on each connection all of its
+//!   viewers run in ONE transaction, their `set_config` + check pairs pipelined (settings
+//!   are transaction-local, so each pair sees its own viewer), ending in a rollback;
+//! * if anything in such a batch fails (a policy that raises aborts the transaction), the
+//!   batch is run again one viewer per transaction, so only the failing viewer loses its
+//!   rows (Supabase issue #2093 lost everyone's).
 
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, Row};
 use tracing::warn;
 
 use super::catalog::{quote_ident, TableInfo};
@@ -19,77 +30,132 @@ pub struct Viewer<'a> {
     pub sub: Option<&'a str>,
 }
 
-/// For each row (its primary-key values as text, in `table.pk` order), whether `viewer`
-/// may SELECT it now. A policy that raises fails this call only (the caller logs it and
-/// skips these rows for this viewer).
-pub async fn visible(
-    pool: &Pool,
-    table: &TableInfo,
-    viewer: &Viewer<'_>,
-    rows: &[Vec<String>],
-) -> Result<Vec<bool>, tokio_postgres::Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pk: Vec<_> = table.pk.iter().map(|&i| &table.columns[i]).collect();
-    // select k.i from unnest($2::int4[], $3::text[], …) k(i, c0, …)
-    //  where exists (select 1 from t where t.pk0 = k.c0::type0 and …)
+/// One viewer and the rows (primary-key values as text, in `table.pk` order) to check.
+pub struct Check<'a> {
+    /// Who.
+    pub viewer: Viewer<'a>,
+    /// Which rows.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Most viewers pipelined in one transaction.
+const BATCH: usize = 256;
+
+const SETTINGS: &str = "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
+     set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)";
+
+/// For each check, per row: may the viewer SELECT it now. An error is that viewer's only.
+pub async fn visible(pool: &Pool, table: &TableInfo, checks: &[Check<'_>]) -> Vec<Result<Vec<bool>, Error>> {
+    let sql = check_sql(table);
+    let per_conn = checks.len().div_ceil(pool.size()).clamp(1, BATCH);
+    let sql = &sql;
+    let batches = join_all(checks.chunks(per_conn).map(|chunk| async move {
+        match pipelined(pool, sql, table.pk.len(), chunk).await {
+            Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => {
+                warn!(table = %table.name, error = %e, "a batched RLS check failed: checking its viewers one by one");
+                let mut out = Vec::with_capacity(chunk.len());
+                for check in chunk {
+                    out.push(
+                        pipelined(pool, sql, table.pk.len(), std::slice::from_ref(check))
+                            .await
+                            .map(|mut v| v.pop().unwrap_or_default()),
+                    );
+                }
+                out
+            }
+        }
+    }))
+    .await;
+    batches.into_iter().flatten().collect()
+}
+
+/// `select k.i from unnest($1::int4[], $2::text[], …) k(i, c0, …)
+///  where exists (select 1 from t where t.pk0 = k.c0::type0 and …)`
+fn check_sql(table: &TableInfo) -> String {
     let mut unnest = vec!["$1::int4[]".to_owned()];
     let mut names = vec!["i".to_owned()];
     let mut conds = Vec::new();
-    for (n, col) in pk.iter().enumerate() {
+    for (n, &i) in table.pk.iter().enumerate() {
+        let col = &table.columns[i];
         unnest.push(format!("${}::text[]", n + 2));
         names.push(format!("c{n}"));
         conds.push(format!("t.{} = k.c{n}::{}", quote_ident(&col.name), col.sql_type));
     }
-    let sql = format!(
+    format!(
         "select k.i from unnest({}) k({}) where exists (select 1 from {}.{} t where {})",
         unnest.join(", "),
         names.join(", "),
         quote_ident(&table.schema),
         quote_ident(&table.name),
         conds.join(" and ")
-    );
-    let index: Vec<i32> = (0..rows.len() as i32).collect();
-    let columns: Vec<Vec<&str>> = (0..pk.len())
-        .map(|c| rows.iter().map(|r| r.get(c).map_or("", String::as_str)).collect())
-        .collect();
-    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&index];
-    for c in &columns {
-        args.push(c);
-    }
+    )
+}
 
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, Error>> + Send + 'a>>;
+
+/// One transaction on one connection for all `checks`.
+async fn pipelined(pool: &Pool, sql: &str, pk_len: usize, checks: &[Check<'_>]) -> Result<Vec<Vec<bool>>, Error> {
     let conn = pool.checkout().await?;
-    let sub = viewer.sub.unwrap_or("");
-    let settings_args: [&(dyn ToSql + Sync); 3] = [&viewer.role, &viewer.claims, &sub];
-    // Prepared first, so that the four steps below go out in this order in one write:
-    // the role and claims are transaction-local and the transaction is always rolled
-    // back, so nothing leaks to the next user of `conn`.
-    let settings = conn
-        .prepare(
-            "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
-             set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)",
-        )
-        .await?;
-    let check = conn.prepare(&sql).await?;
-    let (begin, settings, result, rollback) = tokio::join!(
-        conn.batch_execute("begin"),
-        conn.query(&settings, &settings_args),
-        conn.query(&check, &args),
-        conn.batch_execute("rollback"),
-    );
-    begin?;
-    if let Err(e) = rollback {
-        warn!(error = %e, "rollback after an RLS check failed");
-        return Err(e);
+    let settings = conn.prepare(SETTINGS).await?;
+    let check = conn.prepare(sql).await?;
+    // Arguments first, so the futures below can borrow them.
+    let indexes: Vec<Vec<i32>> = checks.iter().map(|c| (0..c.rows.len() as i32).collect()).collect();
+    let columns: Vec<Vec<Vec<&str>>> = checks
+        .iter()
+        .map(|c| {
+            (0..pk_len)
+                .map(|k| c.rows.iter().map(|r| r.get(k).map_or("", String::as_str)).collect())
+                .collect()
+        })
+        .collect();
+    let subs: Vec<&str> = checks.iter().map(|c| c.viewer.sub.unwrap_or("")).collect();
+    let setting_args: Vec<[&(dyn ToSql + Sync); 3]> = checks
+        .iter()
+        .zip(&subs)
+        .map(|(c, sub)| [&c.viewer.role as &(dyn ToSql + Sync), &c.viewer.claims, sub])
+        .collect();
+    let check_args: Vec<Vec<&(dyn ToSql + Sync)>> = indexes
+        .iter()
+        .zip(&columns)
+        .map(|(idx, cols)| {
+            let mut a: Vec<&(dyn ToSql + Sync)> = vec![idx];
+            a.extend(cols.iter().map(|c| c as &(dyn ToSql + Sync)));
+            a
+        })
+        .collect();
+
+    // Sent in this order on first poll: begin, (settings, check)*, rollback.
+    let conn = &*conn;
+    let mut steps: Vec<Pending<'_>> = Vec::with_capacity(checks.len() * 2 + 2);
+    steps.push(Box::pin(async move {
+        conn.batch_execute("begin").await.map(|_| Vec::new())
+    }));
+    for (s, c) in setting_args.iter().zip(&check_args) {
+        steps.push(Box::pin(conn.query(&settings, s)));
+        steps.push(Box::pin(conn.query(&check, c)));
     }
-    settings?;
-    let mut seen = vec![false; rows.len()];
-    for row in result? {
-        let i: i32 = row.get(0);
-        if let Some(s) = usize::try_from(i).ok().and_then(|i| seen.get_mut(i)) {
-            *s = true;
+    steps.push(Box::pin(async move {
+        conn.batch_execute("rollback").await.map(|_| Vec::new())
+    }));
+    let mut results = join_all(steps).await.into_iter();
+    results.next().transpose()?;
+    let mut out = Vec::with_capacity(checks.len());
+    for c in checks {
+        results.next().transpose()?;
+        let rows = results.next().transpose()?.unwrap_or_default();
+        let mut seen = vec![false; c.rows.len()];
+        for row in rows {
+            let i: i32 = row.get(0);
+            if let Some(s) = usize::try_from(i).ok().and_then(|i| seen.get_mut(i)) {
+                *s = true;
+            }
         }
+        out.push(seen);
     }
-    Ok(seen)
+    // The rollback's own error matters less than the answers, but it is logged.
+    if let Some(Err(e)) = results.next() {
+        warn!(error = %e, "rollback after RLS checks failed");
+    }
+    Ok(out)
 }
