@@ -196,12 +196,14 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
 
 /// Viewers with the same table, role and claims get the same RLS answers.
 type GroupKey = (u32, String, Arc<str>);
+/// (change index, candidate index) pairs of one group.
+type Members = Vec<(usize, usize)>;
 
 /// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
 /// Supabase); tables without RLS and roles with BYPASSRLS need no query.
 async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
     // (table, role, claims) → [(change index, candidate index)]
-    let mut groups: HashMap<GroupKey, Vec<(usize, usize)>> = HashMap::new();
+    let mut groups: HashMap<GroupKey, Members> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
         if !p.table.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
             continue;
@@ -217,7 +219,7 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
         }
     }
     // Per table: one batched call for all its viewers.
-    let mut by_table: HashMap<u32, Vec<(GroupKey, Vec<(usize, usize)>)>> = HashMap::new();
+    let mut by_table: HashMap<u32, Vec<(GroupKey, Members)>> = HashMap::new();
     for (key, members) in groups {
         by_table.entry(key.0).or_default().push((key, members));
     }
