@@ -172,7 +172,7 @@ async fn session(
                 }
                 ReplicationMessage::Keepalive { wal_end, .. } => {
                     // Nothing in flight: everything up to the server's end of WAL is handled.
-                    if tx.is_none() && wal_end > stream.flushed() {
+                    if tx.is_none() {
                         stream.set_flushed(wal_end);
                     }
                 }
