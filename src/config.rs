@@ -61,6 +61,12 @@ pub struct Config {
     #[arg(long, env = "MESSAGES_RETENTION_INTERVAL_SECS", default_value_t = 3600, hide = true)]
     pub messages_retention_interval_secs: u64,
 
+    /// After a start, wait this long before streaming the replication slots, so clients
+    /// that were connected before a restart have rejoined when the changes committed in
+    /// the meantime are delivered.
+    #[arg(long, env = "REPLICATION_START_DELAY_MS", default_value_t = 3000)]
+    pub replication_start_delay_ms: u64,
+
     /// SQL connections for catalog reads and RLS checks.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,

@@ -404,7 +404,11 @@ async fn server_restart_loses_and_duplicates_nothing() {
     pg.exec("insert into todos (id, title) values (2, 'while down'), (3, 'while down')")
         .await;
 
-    let s2 = Server::start_with(&env).await;
+    // The restarted server waits before streaming so that this client can rejoin first,
+    // as real clients do (they reconnect within seconds).
+    let mut env2 = env.clone();
+    env2.push(("REPLICATION_START_DELAY_MS", "2000"));
+    let s2 = Server::start_with(&env2).await;
     let mut c = s2.connect("2.0.0").await;
     subscribe(&mut c, "realtime:r", binding, None).await;
     pg.exec("insert into todos (id, title) values (4, 'after')").await;

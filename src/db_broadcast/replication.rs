@@ -62,6 +62,8 @@ struct Tx {
 
 /// Runs forever: waits for the publication, then one replication session after another.
 pub async fn run(app: Arc<App>, source: Source) {
+    // Let clients of a previous run rejoin before the backlog is delivered.
+    tokio::time::sleep(Duration::from_millis(app.config.replication_start_delay_ms)).await;
     let mut progress = Progress::default();
     let mut backoff = Duration::from_millis(250);
     let mut told_missing = false;

@@ -59,6 +59,8 @@ pub struct Settings<'a> {
     pub slot: &'a str,
     /// SQL connections for catalog reads and RLS checks.
     pub pool_size: usize,
+    /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
+    pub start_delay: Duration,
 }
 
 impl PgChanges {
@@ -80,7 +82,7 @@ impl PgChanges {
             outage: AtomicBool::new(false),
             last_acked: AtomicU64::new(0),
         });
-        tokio::spawn(replication::run(pg.clone()));
+        tokio::spawn(replication::run(pg.clone(), settings.start_delay));
         info!(
             publication = settings.publication,
             slot = settings.slot,
@@ -97,6 +99,18 @@ impl PgChanges {
         self.registry.put(entry);
         let pg = self.clone();
         tokio::spawn(async move { pg.resolve(channel).await });
+    }
+
+    /// Whether the configured publication exists.
+    async fn publication_exists(&self) -> Result<bool, tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        let row = conn
+            .query_one(
+                "select exists(select 1 from pg_publication where pubname = $1)",
+                &[&self.publication],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// The SQL pool (also used for private-channel authorization).

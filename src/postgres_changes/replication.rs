@@ -24,10 +24,20 @@ const CHUNK: usize = 512;
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs forever: one replication session after another.
-pub async fn run(pg: Arc<PgChanges>) {
+pub async fn run(pg: Arc<PgChanges>, start_delay: Duration) {
+    // Let clients of a previous run rejoin before the backlog is delivered.
+    tokio::time::sleep(start_delay).await;
     let mut backoff = Duration::from_millis(250);
     loop {
-        let result = session(&pg).await;
+        let result = match pg.publication_exists().await {
+            // Creating the slot before the publication exists would make every change
+            // committed meanwhile undecodable ("publication does not exist") for good.
+            Ok(false) => Err(WalError::Config(format!(
+                "publication {:?} does not exist: create it (create publication {} for table …)",
+                pg.publication, pg.publication
+            ))),
+            _ => session(&pg).await,
+        };
         let was_up = pg.connected.swap(false, Ordering::SeqCst);
         match result {
             Ok(()) => info!("replication session ended"),

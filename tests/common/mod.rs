@@ -37,6 +37,7 @@ impl Server {
             .env("JWT_SECRET", SECRET)
             .env("CONNECT_ERROR_BACKOFF_MS", "0")
             .env("CHANNEL_ERROR_BACKOFF_MS", "0")
+            .env("REPLICATION_START_DELAY_MS", "0")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
