@@ -264,3 +264,62 @@ async fn private_only_refuses_public_joins() {
     let (_, r) = c.join_with("realtime:room-1", private(json!({})), Some(&user())).await;
     assert_eq!(r.payload()["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_newest_oldest_first_once() {
+    let pg = Pg::start();
+    pg.exec(ROLES).await;
+    let url = pg.url();
+    // Streaming starts late, so the stored messages are also delivered live after the
+    // join: the replayed ones must not arrive twice.
+    let s = Server::start_with(&[("DATABASE_URL", url.as_str()), ("REPLICATION_START_DELAY_MS", "1500")]).await;
+    pg.exec(POLICIES).await;
+    pg.exec("select realtime.send('{\"n\":1}', 'ev', 'room-1', true); select realtime.send('{\"n\":2}', 'ev', 'room-1', true); select realtime.send('{\"n\":3}', 'ev', 'room-1', true);").await;
+
+    let mut c = s.connect("2.0.0").await;
+    let replay = private(json!({"broadcast": {"replay": {"since": 0, "limit": 2}}}));
+    let (j, r) = c.join_with("realtime:room-1", replay, Some(&user())).await;
+    assert_eq!(r.payload()["status"], "ok");
+    for n in [2, 3] {
+        let f = c.recv().await;
+        assert_eq!(f.json()[0], json!(j), "replayed JSON is a channel push");
+        assert_eq!(f.event(), "broadcast");
+        assert_eq!(f.payload()["payload"]["n"], n);
+        assert_eq!(f.payload()["meta"]["replayed"], true);
+    }
+    // Message 1 was not replayed (limit 2): it arrives live once streaming starts; 2 and 3 don't again.
+    let live = tokio::time::timeout(Duration::from_secs(5), c.recv())
+        .await
+        .expect("live copy of message 1");
+    let Frame::Binary(b) = live else {
+        panic!("expected type 4, got {live:?}")
+    };
+    let body_at = 5 + b[1] as usize + b[2] as usize + b[3] as usize;
+    let body: serde_json::Value = serde_json::from_slice(&b[body_at..]).unwrap();
+    assert_eq!(body["n"], 1);
+    c.expect_silence(Duration::from_millis(800)).await;
+
+    // Bad params and public channels are refused.
+    let (_, r) = c
+        .join_with(
+            "realtime:ro-room",
+            private(json!({"broadcast": {"replay": {"since": "yesterday"}}})),
+            Some(&user()),
+        )
+        .await;
+    assert_eq!(
+        r.payload()["response"]["reason"],
+        "UnableToReplayMessages: Replay params are not valid"
+    );
+    let (_, r) = c
+        .join_with(
+            "realtime:pub",
+            config(json!({"broadcast": {"replay": {"since": 0}}})),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.payload()["response"]["reason"],
+        "UnableToReplayMessages: Replay is not allowed for public channels"
+    );
+}

@@ -9,6 +9,10 @@ pub const TOO_MANY_CHANNELS: &str = "ChannelRateLimitReached: Too many channels"
 pub const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
 /// Join refused: replay asked on a public channel.
 pub const REPLAY_PUBLIC: &str = "UnableToReplayMessages: Replay is not allowed for public channels";
+/// Join refused: replay parameters are not integers.
+pub const REPLAY_INVALID: &str = "UnableToReplayMessages: Replay params are not valid";
+/// Join refused: the stored messages could not be read.
+pub const REPLAY_FAILED: &str = "UnableToReplayMessages: Realtime was unable to replay messages";
 /// Reply to a push on a topic the socket has not joined.
 pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 /// Reply to a presence track whose payload is not a JSON object.

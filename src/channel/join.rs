@@ -8,7 +8,7 @@ use realtime_protocol::errors;
 use realtime_protocol::join::{join_reply_response, JoinRequest};
 use tracing::{debug, info, warn};
 
-use super::{Channel, Session};
+use super::{replay, Channel, Session};
 use crate::app::now_ms;
 use crate::authorization;
 use crate::fanout::{Subscriber, TopicKey};
@@ -85,6 +85,30 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         }
     };
 
+    // Replay: read before answering, since failures are join errors; delivered right
+    // after the reply, before live messages can reach the channel.
+    let replayed = match (&config.replay, &s.app.pg) {
+        (Some(params), Some(pg)) => {
+            let Some((since, limit)) = replay::params(params) else {
+                return refuse(s, errors::REPLAY_INVALID);
+            };
+            if !read.broadcast {
+                return refuse(s, &errors::unauthorized_read(sub_topic));
+            }
+            match replay::load(pg.pool(), sub_topic, since, limit).await {
+                Ok(messages) => {
+                    debug!(%topic, count = messages.len(), "replaying stored messages");
+                    Some(messages)
+                }
+                Err(e) => {
+                    warn!(%topic, error = %e, "cannot read messages to replay");
+                    return refuse(s, errors::REPLAY_FAILED);
+                }
+            }
+        }
+        _ => None,
+    };
+
     let key = TopicKey::new(topic, config.private);
     let channel = Channel {
         id: s.app.new_channel_id(),
@@ -102,6 +126,13 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
 
     let response = join_reply_response(&channel.pg_bindings);
     s.reply(join_ref, ref_, topic, Status::Ok, &response);
+    if let Some(messages) = &replayed {
+        for m in messages {
+            if let Some(frame) = replay::frame(m, s.vsn, join_ref, topic) {
+                s.send(frame);
+            }
+        }
+    }
 
     let sub = Subscriber {
         channel: channel.id,
@@ -109,6 +140,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         outbox: s.outbox.clone(),
         broadcast_read: read.broadcast,
         presence_read: read.presence,
+        replayed: replayed.as_deref().map(|m| Arc::new(replay::ids(m))),
     };
     let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
     s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);

@@ -79,6 +79,7 @@ async fn reauthorize(s: &mut Session, topic: &str, claims: &crate::auth::Claims)
                     outbox: s.outbox.clone(),
                     broadcast_read: read.broadcast,
                     presence_read: read.presence,
+                    replayed: None,
                 },
             );
         }

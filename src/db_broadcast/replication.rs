@@ -62,7 +62,11 @@ struct Tx {
 
 /// Runs forever: waits for the publication, then one replication session after another.
 pub async fn run(app: Arc<App>, source: Source) {
-    // Let clients of a previous run rejoin before the backlog is delivered.
+    // The slot first (so nothing is missed), then let clients of a previous run rejoin
+    // before the backlog is delivered.
+    if let Err(e) = crate::postgres_changes::pool::ensure_slot(&source.db, &source.slot, &source.publication).await {
+        warn!(error = %e, "cannot check the messages slot now; streaming will create it");
+    }
     tokio::time::sleep(Duration::from_millis(app.config.replication_start_delay_ms)).await;
     let mut progress = Progress::default();
     let mut backoff = Duration::from_millis(250);
@@ -214,6 +218,6 @@ fn deliver(app: &App, change: &RowChange) {
         return;
     }
     let key = TopicKey::new(&format!("realtime:{}", msg.topic), msg.private);
-    let n = app.registry.broadcast(&key, &msg.message, None);
+    let n = app.registry.broadcast_stored(&key, &msg.message, &msg.id);
     trace!(id = %msg.id, topic = %msg.topic, private = msg.private, subscribers = n, "database broadcast delivered");
 }

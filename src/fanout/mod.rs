@@ -56,6 +56,9 @@ pub struct Subscriber {
     pub broadcast_read: bool,
     /// May receive presence diffs (same rule).
     pub presence_read: bool,
+    /// Ids of stored messages replayed to this channel at join: their live copies are
+    /// not delivered to it again.
+    pub replayed: Option<Arc<ahash::AHashSet<String>>>,
 }
 
 type Shard = RwLock<AHashMap<TopicKey, Vec<Subscriber>>>;
@@ -151,6 +154,17 @@ impl Registry {
         self.publish(key, exclude, |s| s.broadcast_read, |vsn| msg.encode(vsn, &key.topic))
     }
 
+    /// Fans out a stored message (Broadcast from Database) with row id `id`, skipping
+    /// channels that already got it by replay.
+    pub fn broadcast_stored(&self, key: &TopicKey, msg: &BroadcastMessage, id: &str) -> usize {
+        self.publish(
+            key,
+            None,
+            |s| s.broadcast_read && !s.replayed.as_ref().is_some_and(|r| r.contains(id)),
+            |vsn| msg.encode(vsn, &key.topic),
+        )
+    }
+
     /// Fans out a `presence_diff` (null join_ref/ref) to every subscriber allowed to see
     /// presence.
     pub fn presence_diff(&self, key: &TopicKey, payload_json: &[u8]) -> usize {
@@ -178,6 +192,7 @@ mod tests {
                 outbox: outbox.clone(),
                 broadcast_read: true,
                 presence_read: true,
+                replayed: None,
             },
             outbox,
         )

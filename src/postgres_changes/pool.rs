@@ -70,3 +70,32 @@ impl Pool {
         Ok(Conn { guard })
     }
 }
+
+/// Creates the persistent logical slot `slot` now if it is missing and `publication`
+/// exists. Called at start, before streaming begins (possibly later): a slot keeps every
+/// change from its creation on, so nothing committed during the start delay is lost,
+/// while a slot created before its publication exists would hold changes Postgres can
+/// never decode.
+pub async fn ensure_slot(config: &Config, slot: &str, publication: &str) -> Result<bool, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "slot connection ended");
+        }
+    });
+    let row = client
+        .query_one(
+            "select exists(select 1 from pg_publication where pubname = $1), \
+                    exists(select 1 from pg_replication_slots where slot_name = $2)",
+            &[&publication, &slot],
+        )
+        .await?;
+    let (published, exists): (bool, bool) = (row.get(0), row.get(1));
+    if published && !exists {
+        client
+            .execute("select pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+            .await?;
+        debug!(slot, "replication slot created");
+    }
+    Ok(published)
+}

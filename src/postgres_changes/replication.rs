@@ -25,7 +25,11 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs forever: one replication session after another.
 pub async fn run(pg: Arc<PgChanges>, start_delay: Duration) {
-    // Let clients of a previous run rejoin before the backlog is delivered.
+    // The slot first (so nothing is missed), then let clients of a previous run rejoin
+    // before the backlog is delivered.
+    if let Err(e) = super::pool::ensure_slot(&pg.config, &pg.slot, &pg.publication).await {
+        warn!(error = %e, "cannot check the replication slot now; streaming will create it");
+    }
     tokio::time::sleep(start_delay).await;
     let mut backoff = Duration::from_millis(250);
     loop {
