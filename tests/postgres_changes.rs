@@ -410,12 +410,25 @@ async fn server_restart_loses_and_duplicates_nothing() {
     env2.push(("REPLICATION_START_DELAY_MS", "2000"));
     let s2 = Server::start_with(&env2).await;
     let mut c = s2.connect("2.0.0").await;
-    subscribe(&mut c, "realtime:r", binding, None).await;
-    pg.exec("insert into todos (id, title) values (4, 'after')").await;
+    // The backlog may arrive before or after `Subscribed to PostgreSQL`: take all frames.
+    let (_, reply) = c
+        .join_with("realtime:r", config(json!({"postgres_changes": binding})), None)
+        .await;
+    assert_eq!(reply.payload()["status"], "ok");
     let mut seen = Vec::new();
-    while seen.len() < 3 {
-        seen.push(change(&mut c).await["data"]["record"]["id"].as_u64().unwrap());
+    let mut subscribed = false;
+    while seen.len() < 2 || !subscribed {
+        let f = tokio::time::timeout(Duration::from_secs(10), c.recv())
+            .await
+            .expect("backlog and subscription");
+        match f.event() {
+            "system" => subscribed = f.payload()["message"] == "Subscribed to PostgreSQL",
+            "postgres_changes" => seen.push(f.payload()["data"]["record"]["id"].as_u64().unwrap()),
+            other => panic!("unexpected {other}: {f:?}"),
+        }
     }
+    pg.exec("insert into todos (id, title) values (4, 'after')").await;
+    seen.push(change(&mut c).await["data"]["record"]["id"].as_u64().unwrap());
     assert_eq!(
         seen,
         vec![2, 3, 4],

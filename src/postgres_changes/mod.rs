@@ -131,9 +131,18 @@ impl PgChanges {
             };
             match subscribe::resolve(&self.catalog, &self.publication, &entry.bindings, &entry.role).await {
                 Ok(subs) => {
-                    if self.registry.update(channel, subs) {
-                        system(&entry, true, errors::PG_SUBSCRIBED);
+                    if !self.registry.update(channel, subs) {
+                        return;
                     }
+                    // "Subscribed" promises that the changes committed from now on will
+                    // come: true only once the stream (and so the slot) is up.
+                    while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+                        if self.registry.get(channel).is_none() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    system(&entry, true, errors::PG_SUBSCRIBED);
                     return;
                 }
                 Err(SubscribeError::Rejected(message)) => {

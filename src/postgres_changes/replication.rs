@@ -32,16 +32,20 @@ pub async fn run(pg: Arc<PgChanges>, start_delay: Duration) {
     }
     tokio::time::sleep(start_delay).await;
     let mut backoff = Duration::from_millis(250);
+    let mut told_missing = false;
     loop {
-        let result = match pg.publication_exists().await {
+        if let Ok(false) = pg.publication_exists().await {
             // Creating the slot before the publication exists would make every change
             // committed meanwhile undecodable ("publication does not exist") for good.
-            Ok(false) => Err(WalError::Config(format!(
-                "publication {:?} does not exist: create it (create publication {} for table …)",
-                pg.publication, pg.publication
-            ))),
-            _ => session(&pg).await,
-        };
+            // Look again soon: changes are only captured once the slot exists.
+            if !told_missing {
+                warn!(publication = %pg.publication, "the publication does not exist yet: create it (create publication … for table …); waiting for it");
+                told_missing = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let result = session(&pg).await;
         let was_up = pg.connected.swap(false, Ordering::SeqCst);
         match result {
             Ok(()) => info!("replication session ended"),

@@ -92,6 +92,7 @@ def start_server(env: dict[str, str] | None = None, timeout: float = 20.0) -> Se
         "JWT_SECRET": JWT_SECRET,
         "CONNECT_ERROR_BACKOFF_MS": "0",
         "CHANNEL_ERROR_BACKOFF_MS": "0",
+        "REPLICATION_START_DELAY_MS": "0",
         "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         **(env or {}),
     }

@@ -174,6 +174,7 @@ export async function startServer({ env = {}, timeoutMs = 20000 } = {}) {
       JWT_SECRET,
       CONNECT_ERROR_BACKOFF_MS: '0',
       CHANNEL_ERROR_BACKOFF_MS: '0',
+      REPLICATION_START_DELAY_MS: '0',
       RUST_LOG: process.env.RUST_LOG ?? 'info',
       ...env,
     },
