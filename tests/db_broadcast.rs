@@ -284,13 +284,35 @@ async fn postgres_restart_recovers_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn throughput() {
+    throughput_to(false).await;
+}
+
+/// Issue 4's figure: `realtime.send` in a loop to 100 private subscribers.
+/// `cargo test --release --test db_broadcast -- --ignored --nocapture throughput_private`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn throughput_private() {
+    throughput_to(true).await;
+}
+
+async fn throughput_to(private: bool) {
     const SUBSCRIBERS: usize = 100;
     const MESSAGES: usize = 10_000;
     let (pg, s) = setup().await;
+    pg.exec(
+        "create policy bench_read on realtime.messages for select to authenticated using ((select realtime.topic()) = 'load');",
+    )
+    .await;
+    let user = claims_token(
+        json!({"role": "authenticated", "sub": "11111111-1111-1111-1111-111111111111", "exp": now() + 3600}),
+    );
     let mut tasks = Vec::new();
     for _ in 0..SUBSCRIBERS {
         let mut c = s.connect("2.0.0").await;
-        c.join("realtime:load", config(json!({}))).await;
+        let mut conf = config(json!({}));
+        conf["private"] = json!(private);
+        let (_, reply) = c.join_with("realtime:load", conf, Some(&user)).await;
+        assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
         tasks.push(tokio::spawn(async move {
             for _ in 0..MESSAGES {
                 match tokio::time::timeout(Duration::from_secs(60), c.recv()).await.unwrap() {
@@ -308,11 +330,11 @@ async fn throughput() {
         let c = pg.client().await;
         senders.push(tokio::spawn(async move {
             let stmt = c
-                .prepare("select realtime.send(jsonb_build_object('n', $1::int), 'ev', 'load', false)")
+                .prepare("select realtime.send(jsonb_build_object('n', $1::int), 'ev', 'load', $2)")
                 .await
                 .unwrap();
             for n in 0..per {
-                c.execute(&stmt, &[&(n as i32)]).await.unwrap();
+                c.execute(&stmt, &[&(n as i32), &private]).await.unwrap();
             }
         }));
     }
@@ -325,7 +347,8 @@ async fn throughput() {
     }
     let all = start.elapsed();
     eprintln!(
-        "{MESSAGES} realtime.send transactions to {SUBSCRIBERS} subscribers: inserts {:.0}/s, delivered to all {:.0} msg/s ({:.0} frames/s)",
+        "{MESSAGES} realtime.send transactions to {SUBSCRIBERS} {} subscribers: inserts {:.0}/s, delivered to all {:.0} msg/s ({:.0} frames/s)",
+        if private { "private" } else { "public" },
         MESSAGES as f64 / sent.as_secs_f64(),
         MESSAGES as f64 / all.as_secs_f64(),
         (MESSAGES * SUBSCRIBERS) as f64 / all.as_secs_f64()
