@@ -202,10 +202,12 @@ pub(crate) fn parse_error_fields(body: &[u8]) -> ErrorFields {
     out
 }
 
-/// Turns an ErrorResponse body into `WalError::Server`, logging everything the server said.
+/// Turns an ErrorResponse body into `WalError::Server`, logging everything the server
+/// said at debug level: callers decide whether it is a problem (an existing slot is not)
+/// and log it with their context.
 pub(crate) fn server_error(body: &[u8], context: &str) -> WalError {
     let f = parse_error_fields(body);
-    tracing::warn!(
+    tracing::debug!(
         context,
         severity = %f.severity,
         code = %f.code,
