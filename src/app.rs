@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use realtime_protocol::BroadcastMessage;
+
 use crate::auth::Verifier;
+use crate::broadcast::history::History;
 use crate::config::Config;
-use crate::fanout::{ChannelId, Registry};
+use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
@@ -24,6 +27,8 @@ pub struct App {
     pub presence: PresenceHub,
     /// Postgres Changes, when a database is configured.
     pub pg: Option<Arc<PgChanges>>,
+    /// Public broadcast history, with `REPLAY_PUBLIC=true`.
+    pub history: Option<History>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     next_channel: AtomicU64,
@@ -35,6 +40,7 @@ impl App {
         config: Config,
         verifier: Verifier,
         pg: Option<Arc<PgChanges>>,
+        history: Option<History>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<App> {
         Arc::new(App {
@@ -43,9 +49,19 @@ impl App {
             registry: Registry::default(),
             presence: PresenceHub::new(ReplicaId(rand::random())),
             pg,
+            history,
             shutdown,
             next_channel: AtomicU64::new(1),
         })
+    }
+
+    /// Fans out a broadcast from a client or REST: public ones go through the history
+    /// when it is on. Returns how many channels it was queued for.
+    pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
+        match &self.history {
+            Some(history) if !key.private => history.publish(&self.registry, key, msg, exclude),
+            _ => self.registry.broadcast(key, msg, exclude),
+        }
     }
 
     /// A process-unique channel id.

@@ -71,6 +71,13 @@ pub struct Config {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
 
+    /// Also keep public broadcasts (from clients and REST) and replay them to joins with
+    /// `config.broadcast.replay` (Supabase replays private channels only). Kept in memory
+    /// (newest 25 per topic) and, with DATABASE_URL, in `realtime.rs_public_broadcasts`
+    /// for MESSAGES_RETENTION_HOURS. Live public broadcasts then carry `meta.id`.
+    #[arg(long, env = "REPLAY_PUBLIC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub replay_public: bool,
+
     /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
     #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, action = clap::ArgAction::Set)]
     pub private_only: bool,

@@ -75,8 +75,10 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         })?),
         None => None,
     };
-    let app = App::new(config, verifier, pg, shutdown_rx.clone());
+    let history = public_history(&config, pg.as_ref());
+    let app = App::new(config, verifier, pg, history, shutdown_rx.clone());
     db_broadcast::start(app.clone())?;
+    spawn_history_sweep(&app);
 
     // Scripts and tests read the bound address from this first stdout line.
     let mut stdout = std::io::stdout();
@@ -91,6 +93,50 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     });
     server::serve(listener, app, shutdown_rx).await;
     Ok(())
+}
+
+/// The public broadcast history (`REPLAY_PUBLIC`), in the database when there is one,
+/// with its memory swept by the same retention as stored messages.
+fn public_history(
+    config: &Config,
+    pg: Option<&std::sync::Arc<postgres_changes::PgChanges>>,
+) -> Option<broadcast::history::History> {
+    if !config.replay_public {
+        return None;
+    }
+    let every = std::time::Duration::from_secs(config.messages_retention_interval_secs.max(1));
+    let history = match pg {
+        Some(pg) => {
+            broadcast::history::History::with_database(pg.shared_pool(), config.messages_retention_hours, every)
+        }
+        None => {
+            warn!("REPLAY_PUBLIC without DATABASE_URL: public broadcast history is kept in memory only");
+            broadcast::history::History::in_memory()
+        }
+    };
+    info!("REPLAY_PUBLIC: public broadcasts are kept for replay");
+    Some(history)
+}
+
+/// Forgets in-memory history of topics silent for longer than the retention.
+fn spawn_history_sweep(app: &std::sync::Arc<App>) {
+    let hours = app.config.messages_retention_hours;
+    if app.history.is_none() || hours == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(app.config.messages_retention_interval_secs.max(1));
+    // Weak: shutdown waits for every strong reference to the app to go.
+    let app = std::sync::Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let Some(app) = app.upgrade() else { return };
+            if let Some(history) = &app.history {
+                history.forget_older_than(now_ms() - i64::try_from(hours * 3_600_000).unwrap_or(i64::MAX));
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -81,6 +81,24 @@ impl BroadcastMessage {
     }
 }
 
+/// `map` (a JSON object's text) with `"meta": meta` added as its last member, so that
+/// JSON parsers, which keep the last of duplicate keys, see this `meta`. `None` when `map`
+/// is not an object.
+pub fn map_with_meta(map: &[u8], meta: &[u8]) -> Option<Vec<u8>> {
+    let end = map.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    let start = map.iter().position(|b| !b.is_ascii_whitespace())?;
+    if map[start] != b'{' || map[end] != b'}' || end == start {
+        return None;
+    }
+    let empty = map[start + 1..end].iter().all(u8::is_ascii_whitespace);
+    let mut out = Vec::with_capacity(map.len() + meta.len() + 10);
+    out.extend_from_slice(&map[start..end]);
+    out.extend_from_slice(if empty { b"\"meta\":" } else { b",\"meta\":" });
+    out.extend_from_slice(meta);
+    out.push(b'}');
+    Some(out)
+}
+
 /// `{"event":E,"meta":M,"payload":P,"type":"broadcast"}`, the JSON form of a user broadcast.
 pub fn json_map(event: &str, metadata: Option<&[u8]>, payload_json: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(payload_json.len() + event.len() + 64);
@@ -131,6 +149,16 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn meta_goes_last_in_the_map() {
+        let m = map_with_meta(br#" {"event":"e","payload":{"a":1}} "#, br#"{"id":"x"}"#).unwrap();
+        assert_eq!(m, br#"{"event":"e","payload":{"a":1},"meta":{"id":"x"}}"#);
+        assert_eq!(map_with_meta(b"{ }", b"{}").unwrap(), br#"{ "meta":{}}"#);
+        assert!(map_with_meta(b"[1]", b"{}").is_none());
+        assert!(map_with_meta(b"", b"{}").is_none());
+        assert!(map_with_meta(b"}", b"{}").is_none());
     }
 
     fn user(event: &str, meta: Option<&str>, encoding: Encoding, body: &[u8]) -> BroadcastMessage {

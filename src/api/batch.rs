@@ -63,9 +63,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, claims: &Claims) -
             message.payload.as_bytes(),
         );
         let key = TopicKey::new(&format!("realtime:{}", message.topic), message.private);
-        let n = app
-            .registry
-            .broadcast(&key, &BroadcastMessage::Map(Bytes::from(map)), None);
+        let n = app.broadcast(&key, &BroadcastMessage::Map(Bytes::from(map)), None);
         debug!(topic = %key.topic, delivered = n, "REST batch broadcast");
     }
     empty(StatusCode::ACCEPTED)

@@ -72,7 +72,7 @@ pub(super) async fn handle(
         body,
     };
     let key = TopicKey::new(&format!("realtime:{topic}"), private);
-    let n = app.registry.broadcast(&key, &msg, None);
+    let n = app.broadcast(&key, &msg, None);
     debug!(topic = %key.topic, delivered = n, "REST single broadcast");
     empty(StatusCode::ACCEPTED)
 }

@@ -1,6 +1,8 @@
 //! Broadcast from clients over the WebSocket (self, ack, payload limit) into the fan-out.
 //! REST broadcasts are in [`crate::api`]; both end in [`crate::fanout::Registry::broadcast`].
 
+pub mod history;
+
 use realtime_protocol::encode::Status;
 use realtime_protocol::{errors, BroadcastMessage};
 use tracing::debug;
@@ -16,6 +18,6 @@ pub fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage) -> Option<(St
         return ch.broadcast_ack.then_some((Status::Error, response));
     }
     let exclude = (!ch.broadcast_self).then_some(ch.id);
-    app.registry.broadcast(&ch.key, &msg, exclude);
+    app.broadcast(&ch.key, &msg, exclude);
     ch.broadcast_ack.then(|| (Status::Ok, "{}".to_owned()))
 }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::{replay, Channel, Session};
 use crate::app::now_ms;
 use crate::authorization;
+use crate::broadcast::history::History;
 use crate::fanout::{Subscriber, TopicKey};
 use crate::postgres_changes::claims_json;
 use crate::postgres_changes::registry::ChannelSubs;
@@ -57,7 +58,9 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     };
 
     let config = req.config;
-    if config.replay.is_some() && !config.private {
+    // Public replay is refused as Supabase does, unless REPLAY_PUBLIC keeps a history.
+    let public_replay = config.replay.is_some() && !config.private;
+    if public_replay && s.app.history.is_none() {
         return refuse(s, errors::REPLAY_PUBLIC);
     }
     let read = if config.private {
@@ -87,26 +90,26 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
 
     // Replay: read before answering, since failures are join errors; delivered right
     // after the reply, before live messages can reach the channel.
-    let replayed = match (&config.replay, &s.app.pg) {
-        (Some(params), Some(pg)) => {
+    let mut replay_since = 0;
+    let mut replay_limit = 0;
+    let stored = match &config.replay {
+        Some(params) => {
             let Some((since, limit)) = replay::params(params) else {
                 return refuse(s, errors::REPLAY_INVALID);
             };
             if !read.broadcast {
                 return refuse(s, &errors::unauthorized_read(sub_topic));
             }
-            match replay::load(pg.pool(), sub_topic, since, limit).await {
-                Ok(messages) => {
-                    debug!(%topic, count = messages.len(), "replaying stored messages");
-                    Some(messages)
-                }
+            (replay_since, replay_limit) = (since, limit);
+            match load_stored(s, sub_topic, topic, config.private, since, limit).await {
+                Ok(messages) => Some(messages),
                 Err(e) => {
                     warn!(%topic, error = %e, "cannot read messages to replay");
                     return refuse(s, errors::REPLAY_FAILED);
                 }
             }
         }
-        _ => None,
+        None => None,
     };
 
     let key = TopicKey::new(topic, config.private);
@@ -124,30 +127,61 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         pg_bindings: Arc::new(config.postgres_changes),
     };
 
-    let response = join_reply_response(&channel.pg_bindings);
-    s.reply(join_ref, ref_, topic, Status::Ok, &response);
-    if let Some(messages) = &replayed {
-        for m in messages {
+    let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
+    // Reply, replayed messages, then subscription: with a public history this runs under
+    // the topic's publish lock, so each message is either replayed or delivered live.
+    let finish = |recent: Vec<replay::Stored>| {
+        let replayed = stored.map(|db| replay::merge([db, recent], replay_limit));
+        let response = join_reply_response(&channel.pg_bindings);
+        s.reply(join_ref, ref_, topic, Status::Ok, &response);
+        for m in replayed.iter().flatten() {
             if let Some(frame) = replay::frame(m, s.vsn, join_ref, topic) {
                 s.send(frame);
             }
         }
-    }
-
-    let sub = Subscriber {
-        channel: channel.id,
-        vsn: s.vsn,
-        outbox: s.outbox.clone(),
-        broadcast_read: read.broadcast,
-        presence_read: read.presence,
-        replayed: replayed.as_deref().map(|m| Arc::new(replay::ids(m))),
+        if let Some(messages) = &replayed {
+            debug!(%topic, count = messages.len(), "replayed stored messages");
+        }
+        let sub = Subscriber {
+            channel: channel.id,
+            vsn: s.vsn,
+            outbox: s.outbox.clone(),
+            broadcast_read: read.broadcast,
+            presence_read: read.presence,
+            replayed: replayed.as_deref().map(|m| Arc::new(replay::ids(m))),
+        };
+        s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
     };
-    let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
-    s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
+    match (&s.app.history, public_replay) {
+        (Some(history), true) => history.with_recent(topic, replay_since, finish),
+        _ => finish(Vec::new()),
+    }
 
     subscribe_postgres_changes(s, &channel);
     debug!(%topic, channel = channel.id, "joined");
     s.channels.insert(topic.to_owned(), channel);
+}
+
+/// Stored messages to replay from the database, oldest first: `realtime.messages` rows of
+/// the channel's privacy, and for public channels the history's rows. Empty without a
+/// database (a public history then replays from memory only).
+async fn load_stored(
+    s: &Session,
+    sub_topic: &str,
+    topic: &str,
+    private: bool,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<replay::Stored>, tokio_postgres::Error> {
+    let Some(pg) = &s.app.pg else {
+        return Ok(Vec::new());
+    };
+    let messages = replay::load(pg.pool(), sub_topic, private, since, limit).await?;
+    if private {
+        return Ok(messages);
+    }
+    let history = History::load(pg.pool(), topic, since, limit).await?;
+    Ok(replay::merge([messages, history], limit))
 }
 
 /// Starts the channel's Postgres Changes subscriptions; the outcome arrives as a `system`

@@ -2,7 +2,7 @@
 //! handler; the capabilities (broadcast, presence, postgres changes) live elsewhere.
 
 mod join;
-mod replay;
+pub mod replay;
 mod token;
 
 use std::sync::Arc;

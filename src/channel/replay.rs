@@ -1,12 +1,14 @@
 //! Replay of stored broadcasts at join (private channels, protocol.md §6.3): the newest
 //! `limit` (at most 25) messages of the topic since `since`, delivered oldest first after
 //! the join reply with `meta {"id", "replayed": true}`; their live copies are then not
-//! delivered to the channel again.
+//! delivered to the channel again. With `REPLAY_PUBLIC` public channels replay too, from
+//! [`crate::broadcast::history`] and the public rows of `realtime.messages`.
 
 use bytes::Bytes;
-use realtime_protocol::broadcast::{json_map, user_broadcast_frame};
+use realtime_protocol::broadcast::{json_map, map_with_meta, user_broadcast_frame};
 use realtime_protocol::{encode, Encoding, Vsn, WireFrame};
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::postgres_changes::pool::Pool;
 
@@ -24,34 +26,60 @@ pub fn params(replay: &Value) -> Option<(i64, i64)> {
 }
 
 /// A stored message.
+#[derive(Debug, Clone)]
 pub struct Stored {
-    id: String,
-    event: String,
-    /// JSON payload text, or the binary payload.
-    body: Result<String, Vec<u8>>,
+    /// Its id (`meta.id`).
+    pub id: Arc<str>,
+    /// When it was stored, unix microseconds: replay's order (and `since`, in ms).
+    pub at_us: i64,
+    /// What it carries.
+    pub body: StoredBody,
 }
 
-/// Reads the messages to replay, oldest first.
-pub async fn load(pool: &Pool, topic: &str, since_ms: i64, limit: i64) -> Result<Vec<Stored>, tokio_postgres::Error> {
+/// A stored message's content.
+#[derive(Debug, Clone)]
+pub enum StoredBody {
+    /// A user broadcast: event, and JSON payload text or binary payload.
+    User {
+        event: String,
+        payload: Result<Bytes, Bytes>,
+    },
+    /// A whole broadcast map as a client sent it (`{"type","event","payload"}`).
+    Map(Bytes),
+}
+
+/// Reads the newest `limit` messages of `realtime.messages` for `topic` (without
+/// `realtime:`) since `since_ms` with the given privacy, oldest first.
+pub async fn load(
+    pool: &Pool,
+    topic: &str,
+    private: bool,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<Stored>, tokio_postgres::Error> {
     let conn = pool.checkout().await?;
     let rows = conn
         .query(
-            "select id::text, coalesce(event, ''), payload::text, binary_payload from realtime.messages \
-             where topic = $1 and private and extension = 'broadcast' \
+            "select id::text, (extract(epoch from inserted_at) * 1000000)::int8, coalesce(event, ''), \
+                    payload::text, binary_payload from realtime.messages \
+             where topic = $1 and private = $4 and extension = 'broadcast' \
                and inserted_at >= to_timestamp($2::float8 / 1000) at time zone 'utc' \
                and inserted_at < timezone('utc', now()) + interval '1 minute' \
              order by inserted_at desc limit $3",
-            &[&topic, &(since_ms as f64), &limit],
+            &[&topic, &(since_ms as f64), &limit, &private],
         )
         .await?;
     let mut out: Vec<Stored> = rows
         .iter()
         .map(|r| Stored {
-            id: r.get(0),
-            event: r.get(1),
-            body: match r.get::<_, Option<String>>(2) {
-                Some(json) => Ok(json),
-                None => Err(r.get::<_, Option<Vec<u8>>>(3).unwrap_or_default()),
+            id: Arc::from(r.get::<_, String>(0)),
+            at_us: r.get(1),
+            body: StoredBody::User {
+                event: r.get(2),
+                payload: match r.get::<_, Option<String>>(3) {
+                    Some(json) => Ok(Bytes::from(json)),
+                    None => Err(Bytes::from(r.get::<_, Option<Vec<u8>>>(4).unwrap_or_default())),
+                },
             },
         })
         .collect();
@@ -59,29 +87,43 @@ pub async fn load(pool: &Pool, topic: &str, since_ms: i64, limit: i64) -> Result
     Ok(out)
 }
 
+/// The newest `limit` of several sources' messages, each id once, oldest first.
+pub fn merge(sources: impl IntoIterator<Item = Vec<Stored>>, limit: i64) -> Vec<Stored> {
+    let mut all: Vec<Stored> = sources.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.at_us.cmp(&b.at_us).then_with(|| a.id.cmp(&b.id)));
+    let mut seen = ahash::AHashSet::new();
+    all.retain(|m| seen.insert(m.id.clone()));
+    let keep = usize::try_from(limit).unwrap_or(0);
+    all.split_off(all.len().saturating_sub(keep))
+}
+
 /// The frame of one replayed message for a socket of version `vsn` (none for a binary
 /// message on V1). JSON messages are channel pushes carrying the join_ref.
 pub fn frame(m: &Stored, vsn: Vsn, join_ref: Option<&str>, topic: &str) -> Option<WireFrame> {
-    let meta = serde_json::json!({"id": m.id, "replayed": true}).to_string();
+    let meta = serde_json::json!({"id": &*m.id, "replayed": true}).to_string();
     match &m.body {
-        Ok(json) => {
-            let map = json_map(&m.event, Some(meta.as_bytes()), json.as_bytes());
+        StoredBody::User {
+            event,
+            payload: Ok(json),
+        } => {
+            let map = json_map(event, Some(meta.as_bytes()), json);
             Some(encode::push(vsn, join_ref, topic, "broadcast", &map))
         }
-        Err(bytes) if vsn == Vsn::V2 => user_broadcast_frame(
-            topic,
-            &m.event,
-            meta.as_bytes(),
-            Encoding::Binary,
-            &Bytes::copy_from_slice(bytes),
-        ),
-        Err(_) => None,
+        StoredBody::User {
+            event,
+            payload: Err(bytes),
+        } if vsn == Vsn::V2 => user_broadcast_frame(topic, event, meta.as_bytes(), Encoding::Binary, bytes),
+        StoredBody::User { .. } => None,
+        StoredBody::Map(map) => {
+            let map = map_with_meta(map, meta.as_bytes())?;
+            Some(encode::push(vsn, join_ref, topic, "broadcast", &map))
+        }
     }
 }
 
 /// Ids of the replayed messages.
 pub fn ids(messages: &[Stored]) -> ahash::AHashSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
+    messages.iter().map(|m| m.id.to_string()).collect()
 }
 
 #[cfg(test)]
@@ -108,8 +150,11 @@ mod tests {
         // samples/replay-broadcast-json.txt
         let m = Stored {
             id: "00000000-0000-0000-0000-000000000001".into(),
-            event: "first".into(),
-            body: Ok(r#"{"value":"first"}"#.into()),
+            at_us: 0,
+            body: StoredBody::User {
+                event: "first".into(),
+                payload: Ok(Bytes::from_static(br#"{"value":"first"}"#)),
+            },
         };
         let f = frame(&m, Vsn::V2, Some("1"), "realtime:test").unwrap();
         let v: Value = serde_json::from_slice(f.bytes()).unwrap();
@@ -119,13 +164,46 @@ mod tests {
         );
         let bin = Stored {
             id: "x".into(),
-            event: "b".into(),
-            body: Err(vec![1, 2]),
+            at_us: 0,
+            body: StoredBody::User {
+                event: "b".into(),
+                payload: Err(Bytes::from_static(&[1, 2])),
+            },
         };
         assert!(frame(&bin, Vsn::V1, Some("1"), "realtime:test").is_none());
         assert!(matches!(
             frame(&bin, Vsn::V2, Some("1"), "realtime:test"),
             Some(WireFrame::Binary(_))
         ));
+    }
+
+    #[test]
+    fn replayed_map_gets_its_meta() {
+        let m = Stored {
+            id: "i".into(),
+            at_us: 0,
+            body: StoredBody::Map(Bytes::from_static(br#"{"type":"broadcast","event":"e","payload":{}}"#)),
+        };
+        let f = frame(&m, Vsn::V1, Some("1"), "realtime:t").unwrap();
+        let v: Value = serde_json::from_slice(f.bytes()).unwrap();
+        assert_eq!(
+            v["payload"],
+            json!({"type": "broadcast", "event": "e", "payload": {}, "meta": {"id": "i", "replayed": true}})
+        );
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_each_once_oldest_first() {
+        let m = |id: &str, at| Stored {
+            id: id.into(),
+            at_us: at,
+            body: StoredBody::Map(Bytes::from_static(b"{}")),
+        };
+        let merged = merge(
+            vec![vec![m("a", 1), m("c", 3), m("d", 4)], vec![m("c", 3), m("b", 2)]],
+            3,
+        );
+        let ids: Vec<&str> = merged.iter().map(|m| &*m.id).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
     }
 }

@@ -118,6 +118,11 @@ impl PgChanges {
         &self.pool
     }
 
+    /// The SQL pool, shared (for background writers).
+    pub fn shared_pool(&self) -> Arc<Pool> {
+        self.pool.clone()
+    }
+
     /// The channel left.
     pub fn unsubscribe(&self, channel: ChannelId) {
         self.registry.remove(channel);

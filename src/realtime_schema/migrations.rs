@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "messages publication",
         sql: include_str!("sql/0003_publication.sql"),
     },
+    Migration {
+        version: 4,
+        name: "public broadcast history (REPLAY_PUBLIC)",
+        sql: include_str!("sql/0004_public_broadcast_history.sql"),
+    },
 ];
 
 const GRANTS: &str = include_str!("sql/grants.sql");
@@ -167,6 +172,6 @@ mod tests {
     fn versions_are_increasing_and_unique() {
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
-        assert_eq!(latest_version(), 3);
+        assert_eq!(latest_version(), 4);
     }
 }
