@@ -344,9 +344,12 @@ scenario('replay: live copies of replayed messages are not delivered twice (serv
   })
   const delayedCtx = new Ctx(delayed)
   try {
-    // The slot exists (created at start, before the delay) but is not streamed yet.
-    const rows = await pg.query(`select active from pg_replication_slots where slot_name = '${slot}'`)
-    assert.deepEqual(rows, ['f'], 'test precondition: the delayed server created its slot and does not stream yet')
+    // The server creates its slot at start, before the delay, but not necessarily before
+    // it listens: rows inserted earlier would not be in the slot. Wait for it; it must not
+    // be streamed yet.
+    const slotState = () => pg.query(`select active from pg_replication_slots where slot_name = '${slot}'`)
+    await waitUntil(async () => (await slotState()).length === 1, delayMs - 2000, `the delayed server creates slot ${slot}`, 50)
+    assert.deepEqual(await slotState(), ['f'], 'test precondition: the delayed server does not stream yet')
 
     const topic = topicName('db-replay-dedup')
     for (const n of [1, 2, 3]) await pg.sql(`select realtime.send('{"n": ${n}}', 'ev', '${topic}', true)`)
