@@ -11,6 +11,7 @@ use crate::auth::Verifier;
 use crate::broadcast::history::History;
 use crate::config::Config;
 use crate::fanout::{ChannelId, Registry, TopicKey};
+use crate::limits::Limits;
 use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
@@ -27,6 +28,8 @@ pub struct App {
     pub presence: PresenceHub,
     /// Postgres Changes, when a database is configured.
     pub pg: Option<Arc<PgChanges>>,
+    /// Rate counters and limits.
+    pub limits: Arc<Limits>,
     /// Public broadcast history, with `REPLAY_PUBLIC=true`.
     pub history: Option<History>,
     /// Flips to true when the server starts shutting down.
@@ -40,6 +43,7 @@ impl App {
         config: Config,
         verifier: Verifier,
         pg: Option<Arc<PgChanges>>,
+        limits: Arc<Limits>,
         history: Option<History>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<App> {
@@ -49,6 +53,7 @@ impl App {
             registry: Registry::default(),
             presence: PresenceHub::new(ReplicaId(rand::random())),
             pg,
+            limits,
             history,
             shutdown,
             next_channel: AtomicU64::new(1),
@@ -58,10 +63,13 @@ impl App {
     /// Fans out a broadcast from a client or REST: public ones go through the history
     /// when it is on. Returns how many channels it was queued for.
     pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        match &self.history {
+        let delivered = match &self.history {
             Some(history) if !key.private => history.publish(&self.registry, key, msg, exclude),
             _ => self.registry.broadcast(key, msg, exclude),
-        }
+        };
+        // Supabase counts the broadcast and each delivery against events per second.
+        self.limits.events.add(1 + delivered as u64);
+        delivered
     }
 
     /// A process-unique channel id.

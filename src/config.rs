@@ -110,6 +110,64 @@ pub struct Config {
     #[arg(long, env = "MAX_CHANNELS_PER_CLIENT", default_value_t = 1000)]
     pub max_channels_per_client: usize,
 
+    /// Open WebSocket connections the server accepts; beyond, upgrades get 429
+    /// `Too many connected users` (Supabase self-host default: 200).
+    #[arg(long, env = "MAX_CONCURRENT_USERS", default_value_t = 100_000)]
+    pub max_concurrent_users: usize,
+
+    /// Channel joins per second, server-wide, averaged over the rate window; beyond,
+    /// `ClientJoinRateLimitReached: Too many joins per second` (Supabase default: 100).
+    #[arg(long, env = "MAX_JOINS_PER_SECOND", default_value_t = 10_000)]
+    pub max_joins_per_second: u64,
+
+    /// Broadcast events per second, server-wide, averaged, counted as Supabase counts
+    /// them (each broadcast plus one per channel it reaches); beyond, the sending channel
+    /// is closed with `Too many messages per second` and REST gets 429 (Supabase: 100).
+    #[arg(long, env = "MAX_EVENTS_PER_SECOND", default_value_t = 10_000_000)]
+    pub max_events_per_second: u64,
+
+    /// Presence pushes per second, server-wide, averaged; beyond, the channel is closed
+    /// with `Too many presence messages per second` (Supabase schema default: 1000).
+    #[arg(long, env = "MAX_PRESENCE_EVENTS_PER_SECOND", default_value_t = 100_000)]
+    pub max_presence_events_per_second: u64,
+
+    /// Presence pushes (track/untrack) one channel may make per CLIENT_PRESENCE_WINDOW_MS;
+    /// beyond, `Client presence rate limit exceeded` (Supabase: 5 per 30 s).
+    #[arg(long, env = "CLIENT_PRESENCE_MAX_CALLS", default_value_t = 50)]
+    pub client_presence_max_calls: usize,
+
+    /// The window of CLIENT_PRESENCE_MAX_CALLS, in ms.
+    #[arg(long, env = "CLIENT_PRESENCE_WINDOW_MS", default_value_t = 30_000)]
+    pub client_presence_window_ms: u64,
+
+    /// Rate counters close a bucket every this many ms (Supabase: 5000) ...
+    #[arg(long, env = "RATE_TICK_MS", default_value_t = 5000)]
+    pub rate_tick_ms: u64,
+
+    /// ... and average over this many buckets (Supabase: 12, i.e. one minute), so short
+    /// bursts above a limit are tolerated.
+    #[arg(long, env = "RATE_WINDOW_BUCKETS", default_value_t = 12)]
+    pub rate_window_buckets: usize,
+
+    /// Postgres Changes rows larger than this (bytes) are sent with only their values of at
+    /// most 64 bytes and `Error 413: Payload Too Large` (Supabase: 1 MiB).
+    #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_record_bytes: usize,
+
+    /// Values an `in` filter may list (Supabase: 100).
+    #[arg(long, env = "MAX_IN_FILTER_VALUES", default_value_t = 100)]
+    pub max_in_filter_values: usize,
+
+    /// A TOML file of limit profiles (`[tiers.<name>]` with max_channels_per_client,
+    /// max_payload_size_kb, client_presence_max_calls, client_presence_window_ms), chosen
+    /// per token by the TIER_CLAIM claim; unset settings and unknown tiers use the globals.
+    #[arg(long, env = "LIMITS_FILE")]
+    pub limits_file: Option<std::path::PathBuf>,
+
+    /// The JWT claim naming a token's tier in LIMITS_FILE.
+    #[arg(long, env = "TIER_CLAIM", default_value = "tier")]
+    pub tier_claim: String,
+
     /// Largest broadcast payload, in KB (Supabase default: 3000).
     #[arg(long, env = "MAX_PAYLOAD_SIZE_KB", default_value_t = 3000)]
     pub max_payload_size_kb: usize,

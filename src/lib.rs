@@ -15,6 +15,7 @@ pub mod config;
 pub mod db_broadcast;
 pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod postgres_changes;
 pub mod presence;
 pub mod realtime_schema;
@@ -65,6 +66,9 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         })
         .await?;
     }
+    if let Some(url) = config.database_url.as_deref() {
+        create_slots(url, &config).await;
+    }
     let pg = match config.database_url.as_deref() {
         Some(url) => Some(postgres_changes::PgChanges::start(postgres_changes::Settings {
             database_url: url,
@@ -76,7 +80,9 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         None => None,
     };
     let history = public_history(&config, pg.as_ref());
-    let app = App::new(config, verifier, pg, history, shutdown_rx.clone());
+    let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
+    limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
+    let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
     db_broadcast::start(app.clone())?;
     spawn_history_sweep(&app);
 
@@ -93,6 +99,45 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     });
     server::serve(listener, app, shutdown_rx).await;
     Ok(())
+}
+
+/// The limit profiles of LIMITS_FILE (none without it).
+fn load_tiers(config: &Config) -> Result<ahash::AHashMap<String, limits::ClientLimits>, String> {
+    let Some(path) = &config.limits_file else {
+        return Ok(ahash::AHashMap::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("LIMITS_FILE {}: {e}", path.display()))?;
+    let tiers = limits::load_tiers(&text, &limits::global_client_limits(config))
+        .map_err(|e| format!("LIMITS_FILE {}: {e}", path.display()))?;
+    info!(tiers = ?tiers.keys().collect::<Vec<_>>(), claim = %config.tier_claim, "limit profiles loaded");
+    Ok(tiers)
+}
+
+/// Creates the replication slots (when their publications exist) before the server says it
+/// is listening: a change committed after that line is then never missed, even on a
+/// fresh database. A database that is down does not hold the server up: the replication
+/// tasks create the slots when it is back.
+async fn create_slots(url: &str, config: &Config) {
+    let Ok(db) = url.parse::<tokio_postgres::Config>() else {
+        return; // reported by the replication tasks
+    };
+    for (slot, publication) in [
+        (config.slot_name.as_str(), config.publication.as_str()),
+        (
+            config.messages_slot_name.as_str(),
+            realtime_schema::MESSAGES_PUBLICATION,
+        ),
+    ] {
+        let ensure = postgres_changes::pool::ensure_slot(&db, slot, publication);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ensure).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(slot, error = %e, "cannot create the replication slot now; streaming will"),
+            Err(_) => warn!(
+                slot,
+                "creating the replication slot timed out; streaming will create it"
+            ),
+        }
+    }
 }
 
 /// The public broadcast history (`REPLAY_PUBLIC`), in the database when there is one,

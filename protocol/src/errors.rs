@@ -5,6 +5,19 @@
 pub const TOPIC_NAME_REQUIRED: &str = "TopicNameRequired: You must provide a topic name";
 /// Join refused: the socket already has the maximum number of channels.
 pub const TOO_MANY_CHANNELS: &str = "ChannelRateLimitReached: Too many channels";
+/// Join refused: the server holds as many connections as it allows.
+pub const TOO_MANY_USERS_JOIN: &str = "ConnectionRateLimitReached: Too many connected users";
+/// Join refused (and the socket closed with 1001): joins per second over the limit.
+pub const TOO_MANY_JOINS: &str = "ClientJoinRateLimitReached: Too many joins per second";
+/// `system` error closing a channel that sends while events per second are over the limit.
+pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
+/// `system` error closing a channel that pushes presence while presence events per
+/// second are over the limit.
+pub const TOO_MANY_PRESENCE_MESSAGES: &str = "Too many presence messages per second";
+/// `system` error closing a channel over its presence calls per window.
+pub const CLIENT_PRESENCE_RATE: &str = "Client presence rate limit exceeded";
+/// `system` error closing a channel whose presence payload is over the size limit.
+pub const TRACK_SIZE_EXCEEDED: &str = "Track message size exceeded";
 /// Join refused: `PRIVATE_ONLY` is set and the join is public.
 pub const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
 /// Join refused: replay asked on a public channel.
@@ -36,8 +49,10 @@ pub const SERVER_REQUESTED_DISCONNECT: &str = "Server requested disconnect";
 pub mod upgrade {
     /// No `x-api-key` header and no `apikey` query parameter.
     pub const API_KEY_MISSING: &str = "API key is missing";
-    /// Too many sockets connected.
+    /// Too many sockets connected (429).
     pub const TOO_MANY_USERS: &str = "Too many connected users";
+    /// Joins per second over the limit (429).
+    pub const TOO_MANY_JOINS: &str = "Too many joins per second";
 }
 
 /// REST API bodies.
@@ -48,6 +63,8 @@ pub mod rest {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "Unsupported Media Type. Use application/json or application/octet-stream";
     /// 422 per-field error for a missing or empty field.
     pub const CANT_BE_BLANK: &str = "can't be blank";
+    /// 429 `{"message": ...}` while events per second are over the limit.
+    pub const RATE_LIMITED: &str = "You have exceeded your rate limit";
     /// 422 per-field error for an oversized payload.
     pub const PAYLOAD_TOO_LARGE: &str = "Payload size exceeds tenant limit";
 }
