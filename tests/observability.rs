@@ -369,3 +369,23 @@ async fn json_logs_carry_the_connection_id() {
     let peer = closed["span"]["peer"].as_str().unwrap();
     assert!(peer.starts_with("127.0.0.1:"), "{closed}");
 }
+
+#[tokio::test]
+async fn json_warnings_carry_the_connection_id_at_warn_level() {
+    let (s, mut lines) = Server::start_capturing_stderr(&[("LOG_FORMAT", "json"), ("RUST_LOG", "warn")]).await;
+    let mut c = s.connect("2.0.0").await;
+    c.send_text("this is not a phoenix message").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let warning = loop {
+        let line = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .expect("a warning for the malformed message")
+            .expect("stderr open");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["error_code"] == "MalformedWebSocketMessage" {
+            break v;
+        }
+    };
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(warning["span"]["conn_id"].is_u64(), "{warning}");
+}

@@ -8,12 +8,13 @@ use std::time::Duration;
 use hyper::header::AUTHORIZATION;
 use hyper::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info, warn};
 
 use super::state;
 use crate::app::App;
 use crate::http::{json_error, response, Body};
-use crate::postgres_changes::pool::Pool;
 
 /// How long the health check waits for the database.
 const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,26 +75,39 @@ async fn health(app: &Arc<App>) -> hyper::Response<Body> {
     let status = if healthy {
         StatusCode::OK
     } else {
-        info!(?body, "health check: unhealthy");
+        debug!(?body, "health check: unhealthy");
         StatusCode::SERVICE_UNAVAILABLE
     };
     response(status, "application/json", Value::Object(body).to_string())
 }
 
-/// `select 1` on a connection of our own (not the RLS pool, which may be busy).
+/// `select 1` on a connection of our own (not the RLS pool, which may be busy), opened
+/// again when it was lost. Failures are logged at debug level: the replication tasks
+/// already report an outage, and probes repeat every few seconds.
 async fn db_connected(url: &str) -> bool {
-    static PROBE: OnceLock<Option<Pool>> = OnceLock::new();
+    static PROBE: OnceLock<Option<(tokio_postgres::Config, Mutex<Option<Client>>)>> = OnceLock::new();
     let probe = PROBE.get_or_init(|| match url.parse::<tokio_postgres::Config>() {
-        Ok(config) => Some(Pool::new(config, 1)),
+        Ok(config) => Some((config, Mutex::new(None))),
         Err(e) => {
             warn!(error = %e, "health: DATABASE_URL does not parse");
             None
         }
     });
-    let Some(pool) = probe else { return false };
+    let Some((config, slot)) = probe else { return false };
     let check = async {
-        let conn = pool.checkout().await?;
-        conn.simple_query("select 1").await
+        let mut client = slot.lock().await;
+        if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
+            return c.simple_query("select 1").await;
+        }
+        let (c, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "health: database connection ended");
+            }
+        });
+        let result = c.simple_query("select 1").await;
+        *client = Some(c);
+        result
     };
     match tokio::time::timeout(DB_PROBE_TIMEOUT, check).await {
         Ok(Ok(_)) => true,

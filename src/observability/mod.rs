@@ -51,5 +51,7 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// The span every log line of one TCP connection (HTTP request or WebSocket) runs in.
 pub fn connection_span(peer: SocketAddr) -> tracing::Span {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    tracing::info_span!("conn", conn_id = id, %peer)
+    // At error level so that it is enabled under any RUST_LOG that logs anything: a
+    // warning logged inside still carries the connection id.
+    tracing::error_span!("conn", conn_id = id, %peer)
 }
