@@ -43,6 +43,7 @@ pub async fn read(
     claims: &Claims,
     with_presence: bool,
 ) -> Result<Read, tokio_postgres::Error> {
+    let _timer = crate::observability::metrics::RlsTimer::start(crate::observability::metrics::Rls::ChannelRead, 1);
     let conn = pool.checkout().await?;
     let claims_json = serde_json::Value::Object(claims.raw.clone()).to_string();
     let sub = claims.sub.clone().unwrap_or_default();
@@ -83,6 +84,7 @@ pub async fn read(
 
 /// Write permissions of `claims` on `topic`.
 pub async fn write(pool: &Pool, topic: &str, claims: &Claims) -> Result<Write, tokio_postgres::Error> {
+    let _timer = crate::observability::metrics::RlsTimer::start(crate::observability::metrics::Rls::ChannelWrite, 1);
     let conn = pool.checkout().await?;
     let claims_json = serde_json::Value::Object(claims.raw.clone()).to_string();
     let sub = claims.sub.clone().unwrap_or_default();

@@ -181,6 +181,10 @@ pub struct Config {
     #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 
+    /// Operations: `METRICS_TOKEN`, `LOG_FORMAT`.
+    #[command(flatten)]
+    pub observability: crate::observability::ObsConfig,
+
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,

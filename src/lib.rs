@@ -16,6 +16,7 @@ pub mod db_broadcast;
 pub mod fanout;
 pub mod http;
 pub mod limits;
+pub mod observability;
 pub mod postgres_changes;
 pub mod presence;
 pub mod realtime_schema;
@@ -35,6 +36,7 @@ use crate::config::Config;
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(mut config: Config) -> Result<(), String> {
+    observability::init();
     let jwks = match config.jwt_jwks.as_deref() {
         Some(v) => Some(auth::load_jwks(v).map_err(|e| format!("JWT_JWKS: {e}"))?),
         None => None,

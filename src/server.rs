@@ -27,13 +27,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     // Small frames are the norm; do not let Nagle delay them.
                     let _ = stream.set_nodelay(true);
                     let app = app.clone();
-                    tokio::spawn(async move {
+                    let span = crate::observability::connection_span(peer);
+                    tokio::spawn(tracing::Instrument::instrument(async move {
                         let service = service_fn(move |req| route(app.clone(), req));
                         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
                         if let Err(e) = conn.await {
                             debug!(%peer, error = %e, "HTTP connection ended with an error");
                         }
-                    });
+                    }, span));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -59,6 +60,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
         "/realtime/v1/websocket" | "/socket/websocket" => crate::transport::upgrade::handle(app, req).await,
         "/healthcheck" | "/realtime/v1/healthcheck" => plain(StatusCode::OK, "ok"),
         p => match p.strip_prefix("/realtime/v1").unwrap_or(p) {
+            obs if crate::observability::endpoints::handles(req.method(), obs) => {
+                crate::observability::endpoints::route(&app, req.headers(), obs).await
+            }
             api if api.starts_with("/api/") => crate::api::route(app, req, api).await,
             _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
         },

@@ -101,6 +101,7 @@ fn validate(m: Value, max_payload: usize) -> Result<Message, Map<String, Value>>
         Some(Value::Object(p)) => {
             let s = Value::Object(p).to_string();
             if s.len() > max_payload {
+                crate::observability::limit_rejected("payload_size");
                 errs.insert("payload".into(), json!([errors::rest::PAYLOAD_TOO_LARGE]));
             }
             Some(s)

@@ -90,6 +90,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
 
 /// 413 for a body over the limit.
 fn too_large() -> Response<Body> {
+    crate::observability::limit_rejected("rest_body_size");
     json_error(StatusCode::PAYLOAD_TOO_LARGE, "message", "Payload Too Large")
 }
 

@@ -52,6 +52,7 @@ pub(super) async fn handle(
         return super::too_large();
     };
     if body.len() > app.config.max_payload_bytes() {
+        crate::observability::limit_rejected("payload_size");
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "message",

@@ -5,7 +5,7 @@ pub mod history;
 
 use realtime_protocol::encode::Status;
 use realtime_protocol::{errors, BroadcastMessage};
-use tracing::debug;
+use tracing::info;
 
 use crate::app::App;
 use crate::channel::Channel;
@@ -13,7 +13,8 @@ use crate::channel::Channel;
 /// Fans out a client's broadcast. Returns the reply to send, if any (only with `ack`).
 pub fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage) -> Option<(Status, String)> {
     if msg.payload_len() > app.config.max_payload_bytes() {
-        debug!(topic = %ch.key.topic, len = msg.payload_len(), "broadcast payload over the limit");
+        info!(topic = %ch.key.topic, len = msg.payload_len(), reason = "payload_size", "broadcast payload over the limit");
+        crate::observability::limit_rejected("payload_size");
         let response = format!("{{\"error\":\"{}\"}}", errors::PAYLOAD_SIZE_EXCEEDED);
         return ch.broadcast_ack.then_some((Status::Error, response));
     }

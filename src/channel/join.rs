@@ -32,6 +32,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
 
     let refuse = |s: &Session, reason: &str| {
         info!(%topic, reason, "join refused");
+        crate::observability::metrics::join_refused();
         let frame = encode::reply(s.vsn, join_ref, ref_, topic, Status::Error, &encode::reason(reason));
         s.send_later(frame, Duration::from_millis(s.app.config.channel_error_backoff_ms));
     };
@@ -43,6 +44,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         return refuse(s, errors::PRIVATE_ONLY);
     }
     if s.channels.len() >= s.app.config.max_channels_per_client {
+        crate::observability::limit_rejected("max_channels_per_client");
         return refuse(s, errors::TOO_MANY_CHANNELS);
     }
 
@@ -159,6 +161,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
 
     subscribe_postgres_changes(s, &channel);
     debug!(%topic, channel = channel.id, "joined");
+    crate::observability::metrics::channel_opened(key.private, channel.pg_bindings.len());
     s.channels.insert(topic.to_owned(), channel);
 }
 

@@ -95,6 +95,7 @@ impl Session {
     // connection are handled in order, as Phoenix handles a channel's messages in order.
     async fn dispatch(&mut self, msg: Inbound<'_>) {
         let event = ClientEvent::parse(&msg);
+        crate::observability::metrics::message_in(&event);
         let topic = msg.topic.as_ref();
         let ref_ = msg.ref_.as_deref();
         match event {
@@ -186,6 +187,7 @@ impl Session {
 
     /// Queues a `phx_reply`.
     fn reply(&self, join_ref: Option<&str>, ref_: Option<&str>, topic: &str, status: Status, response: &str) {
+        crate::observability::metrics::out(crate::observability::metrics::Out::Reply, 1);
         self.send(encode::reply(self.vsn, join_ref, ref_, topic, status, response));
     }
 
@@ -208,6 +210,7 @@ impl Session {
     /// Pushes a `system` message on a channel.
     fn system(&self, ch: &Channel, extension: &str, ok: bool, message: &str) {
         let payload = encode::system_payload(Some(ch.key.sub_topic()), extension, ok, message);
+        crate::observability::metrics::out(crate::observability::metrics::Out::System, 1);
         self.send(encode::push(
             self.vsn,
             ch.join_ref.as_deref(),
@@ -227,6 +230,7 @@ impl Session {
 
     /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
     fn close_channel(&self, ch: Channel, notify: bool) {
+        crate::observability::metrics::channel_closed(&ch.key, ch.pg_bindings.len(), notify);
         self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
         if let Some(pg) = &self.app.pg {
             pg.unsubscribe(ch.id);

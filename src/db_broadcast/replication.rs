@@ -29,6 +29,7 @@ use super::row::{self, Skip};
 use super::Source;
 use crate::app::App;
 use crate::fanout::TopicKey;
+use crate::observability::state::{StreamState, DB_BROADCAST as STATS};
 use crate::realtime_schema;
 
 /// How often the position is reported while idle.
@@ -72,10 +73,15 @@ pub async fn run(app: Arc<App>, source: Source) {
     let mut backoff = Duration::from_millis(250);
     let mut told_missing = false;
     loop {
-        match publication_ready(&source).await {
+        let ready = publication_ready(&source).await;
+        if let Ok(false) = ready {
+            STATS.set(StreamState::WaitingForPublication);
+        }
+        match ready {
             Ok(true) => {
                 let mut streamed = false;
                 let result = session(&app, &source, &mut progress, &mut streamed).await;
+                STATS.set(StreamState::Down);
                 match result {
                     Ok(()) => info!("messages replication session ended"),
                     Err(e) => {
@@ -130,6 +136,7 @@ async fn session(
     };
     let mut stream = ReplicationStream::connect(&source.db, &opts).await?;
     *streamed = true;
+    STATS.set(StreamState::Streaming);
     info!(slot = %source.slot, publication = %source.publication, "messages replication streaming");
 
     let mut assembler = Assembler::new();
@@ -142,7 +149,8 @@ async fn session(
         let ack_at = ack_due.unwrap_or_else(|| Instant::now() + STATUS_EVERY);
         tokio::select! {
             msg = stream.recv() => match msg? {
-                ReplicationMessage::XLogData { data, .. } => {
+                ReplicationMessage::XLogData { data, end, .. } => {
+                    STATS.server_wal_end(end.0);
                     match assembler.push(pgoutput::decode_bytes(&data)?)? {
                         Some(Event::Begin { final_lsn, .. }) => {
                             let replayed = final_lsn.0 < progress.last_acked;
@@ -166,7 +174,8 @@ async fn session(
                             // pgoutput always sends Begin first; deliver rather than lose it.
                             None => deliver(app, &change),
                         },
-                        Some(Event::Commit { end_lsn, .. }) => {
+                        Some(Event::Commit { end_lsn, commit_time_us, .. }) => {
+                            STATS.delivered(end_lsn.0, commit_time_us);
                             tx = None;
                             progress.partial = None;
                             progress.last_acked = progress.last_acked.max(end_lsn.0);
@@ -180,6 +189,9 @@ async fn session(
                     // Nothing in flight: everything up to the server's end of WAL is handled.
                     if tx.is_none() {
                         stream.set_flushed(wal_end);
+                        STATS.caught_up(wal_end.0);
+                    } else {
+                        STATS.server_wal_end(wal_end.0);
                     }
                 }
             },
@@ -214,7 +226,8 @@ fn deliver(app: &App, change: &RowChange) {
     };
     let limit = app.config.max_payload_bytes();
     if msg.message.payload_len() > limit {
-        warn!(id = %msg.id, topic = %msg.topic, size = msg.message.payload_len(), limit, "database broadcast over MAX_PAYLOAD_SIZE_KB not delivered");
+        warn!(id = %msg.id, topic = %msg.topic, size = msg.message.payload_len(), limit, reason = "payload_size", "database broadcast over MAX_PAYLOAD_SIZE_KB not delivered");
+        crate::observability::limit_rejected("db_payload_size");
         return;
     }
     let key = TopicKey::new(&format!("realtime:{}", msg.topic), msg.private);

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use ahash::{AHashMap, RandomState};
 use realtime_protocol::{encode, BroadcastMessage, Vsn, WireFrame};
 
+use crate::observability::{self, metrics::Out};
 use crate::transport::outbox::Outbox;
 
 /// Identifies one joined channel (unique for the life of the process).
@@ -123,6 +124,7 @@ impl Registry {
         wants: impl Fn(&Subscriber) -> bool,
         mut encode: impl FnMut(Vsn) -> Option<WireFrame>,
     ) -> usize {
+        let started = std::time::Instant::now();
         let Ok(shard) = self.shard(key).read() else {
             return 0;
         };
@@ -146,34 +148,42 @@ impl Registry {
                 }
             }
         }
+        drop(shard);
+        observability::metrics::fanout_done(started);
         delivered
     }
 
     /// Fans out a broadcast (see [`BroadcastMessage::encode`] for what each version gets).
     pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        self.publish(key, exclude, |s| s.broadcast_read, |vsn| msg.encode(vsn, &key.topic))
+        let n = self.publish(key, exclude, |s| s.broadcast_read, |vsn| msg.encode(vsn, &key.topic));
+        observability::metrics::out(Out::Broadcast, n);
+        n
     }
 
     /// Fans out a stored message (Broadcast from Database) with row id `id`, skipping
     /// channels that already got it by replay.
     pub fn broadcast_stored(&self, key: &TopicKey, msg: &BroadcastMessage, id: &str) -> usize {
-        self.publish(
+        let n = self.publish(
             key,
             None,
             |s| s.broadcast_read && !s.replayed.as_ref().is_some_and(|r| r.contains(id)),
             |vsn| msg.encode(vsn, &key.topic),
-        )
+        );
+        observability::metrics::out(Out::Broadcast, n);
+        n
     }
 
     /// Fans out a `presence_diff` (null join_ref/ref) to every subscriber allowed to see
     /// presence.
     pub fn presence_diff(&self, key: &TopicKey, payload_json: &[u8]) -> usize {
-        self.publish(
+        let n = self.publish(
             key,
             None,
             |s| s.presence_read,
             |vsn| Some(encode::fastlane(vsn, &key.topic, "presence_diff", payload_json)),
-        )
+        );
+        observability::metrics::out(Out::PresenceDiff, n);
+        n
     }
 }
 

@@ -273,6 +273,7 @@ fn push(p: &Prepared<'_>) {
     let table = &p.table;
     // One `data` per distinct visible-column set, shared by every channel that has it.
     let mut built: HashMap<Vec<bool>, Vec<u8>> = HashMap::new();
+    let mut queued = 0;
     for c in p.candidates.iter().filter(|c| c.visible) {
         // Bindings of one channel with the same select list share a frame.
         let mut by_select: Vec<(Option<Vec<usize>>, Vec<u32>)> = Vec::new();
@@ -304,7 +305,9 @@ fn push(p: &Prepared<'_>) {
             body.push(b'}');
             let ch = &c.channel;
             let frame = encode::fastlane(ch.vsn, &ch.topic, "postgres_changes", &body);
-            if !ch.outbox.push(frame) {
+            if ch.outbox.push(frame) {
+                queued += 1;
+            } else {
                 debug!(
                     channel = ch.channel,
                     "postgres_changes frame not queued (client gone or too slow)"
@@ -312,4 +315,5 @@ fn push(p: &Prepared<'_>) {
             }
         }
     }
+    crate::observability::metrics::out(crate::observability::metrics::Out::PostgresChanges, queued);
 }

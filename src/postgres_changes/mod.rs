@@ -210,6 +210,7 @@ impl PgChanges {
 fn system(entry: &ChannelSubs, ok: bool, message: &str) {
     let sub = entry.topic.strip_prefix("realtime:").unwrap_or(&entry.topic);
     let payload = encode::system_payload(Some(sub), "postgres_changes", ok, message);
+    crate::observability::metrics::out(crate::observability::metrics::Out::System, 1);
     entry.outbox.push(encode::push(
         entry.vsn,
         entry.join_ref.as_deref(),

@@ -17,6 +17,7 @@ use realtime_wal::WalError;
 use tracing::{debug, info, warn};
 
 use super::{dispatch, PgChanges};
+use crate::observability::state::{StreamState, PG_CHANGES as STATS};
 
 /// Most changes per RLS round (a bigger transaction is delivered in chunks, in order).
 const CHUNK: usize = 512;
@@ -38,6 +39,7 @@ pub async fn run(pg: Arc<PgChanges>, start_delay: Duration) {
             // Creating the slot before the publication exists would make every change
             // committed meanwhile undecodable ("publication does not exist") for good.
             // Look again soon: changes are only captured once the slot exists.
+            STATS.set(StreamState::WaitingForPublication);
             if !told_missing {
                 warn!(publication = %pg.publication, "the publication does not exist yet: create it (create publication … for table …); waiting for it");
                 told_missing = true;
@@ -47,6 +49,7 @@ pub async fn run(pg: Arc<PgChanges>, start_delay: Duration) {
         }
         let result = session(&pg).await;
         let was_up = pg.connected.swap(false, Ordering::SeqCst);
+        STATS.set(StreamState::Down);
         match result {
             Ok(()) => info!("replication session ended"),
             Err(e) => warn!(error = %e, transient = e.is_transient(), "replication stopped; reconnecting"),
@@ -71,6 +74,7 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
     let mut stream = ReplicationStream::connect(&pg.config, &opts).await?;
     info!(slot = %pg.slot, publication = %pg.publication, "replication streaming");
     pg.connected.store(true, Ordering::SeqCst);
+    STATS.set(StreamState::Streaming);
     if pg.outage.swap(false, Ordering::SeqCst) {
         // Back after an outage: re-resolve every channel and say so.
         pg.resubscribe_all();
@@ -98,7 +102,8 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
         // many transactions instead of one.
         while let Some(msg) = next.take() {
             match msg {
-                ReplicationMessage::XLogData { data, .. } => {
+                ReplicationMessage::XLogData { data, end, .. } => {
+                    STATS.server_wal_end(end.0);
                     let message = pgoutput::decode_bytes(&data)?;
                     if let LogicalMessage::Relation(r) = &message {
                         pg.relation_seen(r);
@@ -135,6 +140,9 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                     // WAL is handled, so let it release that WAL.
                     if !in_transaction && batch.is_empty() {
                         stream.set_flushed(wal_end);
+                        STATS.caught_up(wal_end.0);
+                    } else {
+                        STATS.server_wal_end(wal_end.0);
                     }
                 }
             }
@@ -154,6 +162,7 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
         // Acknowledged only now that its changes are queued for every subscriber.
         if let Some(end_lsn) = batch.ack.take() {
             pg.last_acked.fetch_max(end_lsn.0, Ordering::SeqCst);
+            STATS.delivered(end_lsn.0, batch.commit_us);
             stream.set_flushed(end_lsn);
             stream.send_status().await?;
         }

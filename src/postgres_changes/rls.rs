@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::catalog::{quote_ident, TableInfo};
 use super::pool::Pool;
+use crate::observability::metrics::{Rls, RlsTimer};
 
 /// Who is asking.
 pub struct Viewer<'a> {
@@ -46,6 +47,7 @@ const SETTINGS: &str = "select set_config('role', $1, true), set_config('request
 
 /// For each check, per row: may the viewer SELECT it now. An error is that viewer's only.
 pub async fn visible(pool: &Pool, table: &TableInfo, checks: &[Check<'_>]) -> Vec<Result<Vec<bool>, Error>> {
+    let _timer = RlsTimer::start(Rls::PostgresChanges, checks.len());
     let sql = check_sql(table);
     let per_conn = checks.len().div_ceil(pool.size()).clamp(1, BATCH);
     let sql = &sql;

@@ -57,6 +57,7 @@ impl PresenceHub {
                 .map_or_else(|| "{}".to_owned(), TopicPresence::state_json);
             let frame = encode::push(sub.vsn, Some(join_ref), &key.topic, "presence_state", state.as_bytes());
             sub.outbox.push(frame);
+            crate::observability::metrics::out(crate::observability::metrics::Out::PresenceState, 1);
         }
         registry.subscribe(key, sub);
     }
@@ -74,6 +75,14 @@ impl PresenceHub {
             }
             publish(registry, key, diff);
         }
+    }
+
+    /// Tracked presences (metas) over all topics (for `/metrics`; locks each shard briefly).
+    pub fn key_count(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|m| m.values().map(TopicPresence::len).sum::<usize>()))
+            .sum()
     }
 
     /// Tracks (or updates) a channel's presence under `presence_key`.

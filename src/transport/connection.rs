@@ -48,6 +48,17 @@ enum End {
 }
 
 impl End {
+    /// The reason logged and counted (`realtime_connection_closes_total{reason}`).
+    fn name(self) -> &'static str {
+        match self {
+            End::Peer => "peer",
+            End::Dead => "dead",
+            End::Idle => "idle",
+            End::Slow => "slow",
+            End::Shutdown => "shutdown",
+        }
+    }
+
     fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
             End::Dead => None,
@@ -63,6 +74,8 @@ impl End {
 /// Serves an upgraded connection until it ends.
 pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) {
     let config = &app.config;
+    crate::observability::metrics::connection_opened();
+    debug!(?vsn, "connection opened");
     let outbox = Arc::new(Outbox::new(config.outbound_queue_messages, config.outbound_queue_bytes));
     let (read_half, mut write_half) = tokio::io::split(io);
     let guarded = FrameGuard::new(read_half, config.max_frame_size);
@@ -70,7 +83,11 @@ pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) 
     // half (one write per frame) is not used; fastwebsockets still formats every header.
     let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), Role::Server);
     let (tx, mut rx) = mpsc::channel(16);
-    let reader = tokio::spawn(read_loop(FragmentCollectorRead::new(ws_read), tx, outbox.clone()));
+    let reader = tokio::spawn(tracing::Instrument::in_current_span(read_loop(
+        FragmentCollectorRead::new(ws_read),
+        tx,
+        outbox.clone(),
+    )));
 
     let mut session = Session::new(app.clone(), vsn, outbox.clone(), token);
     let end = drive(&app, &mut session, &mut rx, &mut write_half, &outbox).await;
@@ -90,7 +107,8 @@ pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) 
         let _ = write_half.shutdown().await;
     })
     .await;
-    info!(?end, "connection closed");
+    crate::observability::metrics::connection_closed(end.name());
+    info!(reason = end.name(), "connection closed");
 }
 
 /// Reads whole messages and forwards them. Pings are answered through the outbox.
@@ -244,6 +262,8 @@ where
         items.clear();
         return Ok(Some(closed));
     }
+    let frames = items.len();
+    let mut bytes = 0;
     for item in items.drain(..) {
         let (opcode, payload): (OpCode, &[u8]) = match &item {
             Outgoing::Frame(WireFrame::Text(b)) => (OpCode::Text, b),
@@ -251,6 +271,7 @@ where
             Outgoing::Pong(b) => (OpCode::Pong, b),
             Outgoing::Ping => (OpCode::Ping, &[]),
         };
+        bytes += payload.len();
         let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
         let mut head = [0u8; 14];
         let n = frame.fmt_head(&mut head);
@@ -279,5 +300,6 @@ where
         *items = Vec::new();
     }
     writer.flush().await?;
+    crate::observability::metrics::written(frames, bytes);
     Ok(None)
 }

@@ -83,6 +83,7 @@ impl<R> FrameGuard<R> {
                         _ => {}
                     }
                     if len > self.max_message || self.message_total > self.max_message {
+                        crate::observability::metrics::frame_too_large(self.max_message);
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             format!("WebSocket message over {} bytes", self.max_message),

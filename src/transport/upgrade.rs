@@ -59,11 +59,11 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Response<Full<
             return plain(StatusCode::BAD_REQUEST, "bad WebSocket handshake");
         }
     };
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         match upgrade.await {
             Ok(ws) => super::connection::run(app, ws.into_inner(), vsn, token).await,
             Err(e) => warn!(error = %e, "WebSocket upgrade did not complete"),
         }
-    });
+    }));
     response.map(|_| Full::new(Bytes::new()))
 }

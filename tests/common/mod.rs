@@ -321,3 +321,50 @@ pub fn user_broadcast_push(
     b.extend_from_slice(payload);
     b
 }
+
+impl Server {
+    /// Like [`Server::start_with`], but the server's stderr is captured: every line is
+    /// sent on the returned channel (and echoed to this process' stderr).
+    pub async fn start_capturing_stderr(
+        env: &[(&str, &str)],
+    ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime"));
+        cmd.env_clear()
+            .env("PORT", "0")
+            .env("JWT_SECRET", SECRET)
+            .env("CONNECT_ERROR_BACKOFF_MS", "0")
+            .env("CHANNEL_ERROR_BACKOFF_MS", "0")
+            .env("REPLICATION_START_DELAY_MS", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn realtime");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[server] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("server did not start in time")
+            .expect("read stdout")
+            .expect("server exited before listening");
+        let port = line
+            .strip_prefix("realtime-rs listening on ")
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (Server { child, port }, rx)
+    }
+}
