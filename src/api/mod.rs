@@ -30,17 +30,46 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, path: &str) -> Respons
             let Some(claims) = authorize(&app, &req) else {
                 return json_error(StatusCode::UNAUTHORIZED, "message", errors::rest::UNAUTHORIZED);
             };
-            match rest {
+            if app.limits.events_exceeded() {
+                info!(
+                    reason = "events_per_second",
+                    "REST broadcast refused: events over the limit"
+                );
+                crate::observability::limit_rejected("events_per_second");
+                let refused = json_error(StatusCode::TOO_MANY_REQUESTS, "message", errors::rest::RATE_LIMITED);
+                return with_rate_headers(&app, refused);
+            }
+            let answer = match rest {
                 [] => batch::handle(&app, req, &claims).await,
                 [topic, "events", event] => {
                     let (topic, event) = (decode(topic), decode(event));
                     single::handle(&app, req, &claims, &topic, &event).await
                 }
                 _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
-            }
+            };
+            with_rate_headers(&app, answer)
         }
         _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
     }
+}
+
+/// Supabase's rate headers: the averaged events per second (`x-rate-rolling`), the limit,
+/// and what is left of it.
+fn with_rate_headers(app: &App, mut r: Response<Body>) -> Response<Body> {
+    let limits = &app.limits;
+    let rolling = limits.events.rate();
+    let limit = limits.max_events_per_second;
+    let h = r.headers_mut();
+    for (name, value) in [
+        ("x-rate-rolling", rolling),
+        ("x-rate-limit", limit),
+        ("x-rate-limit-remaining", (limit - rolling).max(0.0)),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}", value.round() as u64)) {
+            h.insert(name, v);
+        }
+    }
+    r
 }
 
 /// `Authorization: Bearer <jwt>`, else the `apikey` header, verified like a socket's key.

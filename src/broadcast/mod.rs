@@ -12,7 +12,7 @@ use crate::channel::Channel;
 
 /// Fans out a client's broadcast. Returns the reply to send, if any (only with `ack`).
 pub fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage) -> Option<(Status, String)> {
-    if msg.payload_len() > app.config.max_payload_bytes() {
+    if msg.payload_len() > ch.limits.max_payload_bytes() {
         info!(topic = %ch.key.topic, len = msg.payload_len(), reason = "payload_size", "broadcast payload over the limit");
         crate::observability::limit_rejected("payload_size");
         let response = format!("{{\"error\":\"{}\"}}", errors::PAYLOAD_SIZE_EXCEEDED);

@@ -43,9 +43,17 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     if s.app.config.private_only && !req.config.private {
         return refuse(s, errors::PRIVATE_ONLY);
     }
-    if s.channels.len() >= s.app.config.max_channels_per_client {
-        crate::observability::limit_rejected("max_channels_per_client");
-        return refuse(s, errors::TOO_MANY_CHANNELS);
+    let limits = &s.app.limits;
+    limits.joins.add(1);
+    if limits.connections() > limits.max_concurrent_users {
+        crate::observability::limit_rejected("concurrent_users");
+        return refuse(s, errors::TOO_MANY_USERS_JOIN);
+    }
+    if limits.joins_exceeded() {
+        // Supabase also closes the socket (1001), after the reply.
+        crate::observability::limit_rejected("joins_per_second");
+        refuse(s, errors::TOO_MANY_JOINS);
+        return s.close_later(1001, "too many joins per second", s.app.config.channel_error_backoff_ms);
     }
 
     // The join's token, else the connection's. Opaque `sb_` keys are not JWTs: Supabase
@@ -58,6 +66,13 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         Ok(claims) => claims,
         Err(e) => return refuse(s, &e.join_reason()),
     };
+    // Checked after the token (Supabase checks it before) because the token's tier
+    // decides the limit.
+    let client_limits = s.app.limits.for_claims(&claims.raw);
+    if s.channels.len() >= client_limits.max_channels_per_client {
+        crate::observability::limit_rejected("max_channels_per_client");
+        return refuse(s, errors::TOO_MANY_CHANNELS);
+    }
 
     let config = req.config;
     // Public replay is refused as Supabase does, unless REPLAY_PUBLIC keeps a history.
@@ -127,6 +142,8 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         read,
         write: None,
         pg_bindings: Arc::new(config.postgres_changes),
+        limits: client_limits,
+        presence_calls: Default::default(),
     };
 
     let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());

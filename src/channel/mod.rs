@@ -19,6 +19,7 @@ use crate::app::{now_ms, App};
 use crate::auth::Claims;
 use crate::authorization;
 use crate::fanout::{ChannelId, TopicKey};
+use crate::limits::{CallWindow, ClientLimits};
 use crate::transport::outbox::Outbox;
 
 /// One joined channel.
@@ -45,6 +46,10 @@ pub struct Channel {
     pub write: Option<authorization::Write>,
     /// `postgres_changes` bindings as sent (empty when none).
     pub pg_bindings: Arc<Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// The limits of the token's tier.
+    pub limits: Arc<ClientLimits>,
+    /// Recent presence pushes, for the per-client presence rate.
+    pub presence_calls: CallWindow,
 }
 
 /// The state of one WebSocket connection: its settings and joined channels.
@@ -115,6 +120,11 @@ impl Session {
             }
             ClientEvent::AccessToken(token) => token::refresh(self, topic, token).await,
             ClientEvent::Broadcast(b) => {
+                if self.app.limits.events_exceeded() {
+                    crate::observability::limit_rejected("events_per_second");
+                    warn!(%topic, reason = errors::TOO_MANY_MESSAGES, "closing channel: events over the limit");
+                    return self.shutdown_channel(topic, errors::TOO_MANY_MESSAGES);
+                }
                 if !self.ensure_write(topic).await.broadcast {
                     // Supabase drops an unauthorized broadcast silently, even with ack.
                     debug!(%topic, "broadcast without write permission dropped");
@@ -129,6 +139,11 @@ impl Session {
                 }
             }
             ClientEvent::Presence(cmd) => {
+                if let Some(reason) = self.presence_limit(topic, &cmd) {
+                    crate::observability::limit_rejected("presence");
+                    warn!(%topic, reason, "closing channel: presence limit");
+                    return self.shutdown_channel(topic, reason);
+                }
                 let may_track = self.ensure_write(topic).await.presence;
                 if let Some(ch) = self.channels.get(topic) {
                     let reply = |status, response: &str| {
@@ -150,6 +165,29 @@ impl Session {
             }
             ClientEvent::Other(event) => debug!(%topic, %event, "ignoring unknown client event"),
         }
+    }
+
+    /// Counts a presence push and says which limit it breaks, if any: server-wide
+    /// presence events per second, the channel's calls per window, the payload size.
+    fn presence_limit(&mut self, topic: &str, cmd: &PresenceCommand) -> Option<&'static str> {
+        let limits = &self.app.limits;
+        limits.presence_events.add(1);
+        if limits.presence_exceeded() {
+            return Some(errors::TOO_MANY_PRESENCE_MESSAGES);
+        }
+        let ch = self.channels.get_mut(topic)?;
+        let max = ch.limits.client_presence_max_calls;
+        let window = ch.limits.client_presence_window;
+        if !ch.presence_calls.allow(max, window) {
+            return Some(errors::CLIENT_PRESENCE_RATE);
+        }
+        if let PresenceCommand::Track(payload) = cmd {
+            let size = serde_json::to_vec(payload).map_or(0, |v| v.len());
+            if size > ch.limits.max_payload_bytes() {
+                return Some(errors::TRACK_SIZE_EXCEEDED);
+            }
+        }
+        None
     }
 
     /// Write permissions of a channel: everything on public channels; on private ones the
@@ -193,6 +231,15 @@ impl Session {
 
     fn send(&self, frame: WireFrame) {
         self.outbox.push(frame);
+    }
+
+    /// Closes the socket with `code` after `delay_ms` (after a delayed join error).
+    fn close_later(&self, code: u16, reason: &'static str, delay_ms: u64) {
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            outbox.push_control(crate::transport::outbox::Outgoing::Close(code, reason));
+        });
     }
 
     /// Sends `frame` after `delay` (join error backoff) without holding up the connection.

@@ -232,5 +232,6 @@ fn deliver(app: &App, change: &RowChange) {
     }
     let key = TopicKey::new(&format!("realtime:{}", msg.topic), msg.private);
     let n = app.registry.broadcast_stored(&key, &msg.message, &msg.id);
+    app.limits.events.add(1 + n as u64);
     trace!(id = %msg.id, topic = %msg.topic, private = msg.private, subscribers = n, "database broadcast delivered");
 }

@@ -45,6 +45,8 @@ enum End {
     Slow,
     /// The server is shutting down.
     Shutdown,
+    /// A limit ends the connection (e.g. joins per second: 1001).
+    Limit(u16, &'static str),
 }
 
 impl End {
@@ -56,6 +58,7 @@ impl End {
             End::Idle => "idle",
             End::Slow => "slow",
             End::Shutdown => "shutdown",
+            End::Limit(..) => "limit",
         }
     }
 
@@ -67,6 +70,7 @@ impl End {
             End::Slow => Some((1013, "slow consumer: outbound queue full")),
             // Supabase's service-restart code; clients reconnect.
             End::Shutdown => Some((1012, "server shutting down")),
+            End::Limit(code, reason) => Some((code, reason)),
         }
     }
 }
@@ -197,6 +201,10 @@ where
                     return End::Slow;
                 }
                 Ok(Some(Closed::Gone)) => return End::Peer,
+                Ok(Some(Closed::Requested(code, reason))) => {
+                    info!(code, reason, "closing the connection: limit");
+                    return End::Limit(code, reason);
+                }
                 Err(e) => {
                     debug!(error = %e, "write failed");
                     return End::Peer;
@@ -264,8 +272,13 @@ where
     }
     let frames = items.len();
     let mut bytes = 0;
+    let mut requested = None;
     for item in items.drain(..) {
         let (opcode, payload): (OpCode, &[u8]) = match &item {
+            Outgoing::Close(code, reason) => {
+                requested = Some(Closed::Requested(*code, reason));
+                break;
+            }
             Outgoing::Frame(WireFrame::Text(b)) => (OpCode::Text, b),
             Outgoing::Frame(WireFrame::Binary(b)) => (OpCode::Binary, b),
             Outgoing::Pong(b) => (OpCode::Pong, b),
@@ -301,5 +314,5 @@ where
     }
     writer.flush().await?;
     crate::observability::metrics::written(frames, bytes);
-    Ok(None)
+    Ok(requested)
 }

@@ -21,6 +21,9 @@ pub enum Outgoing {
     Pong(Bytes),
     /// Liveness probe.
     Ping,
+    /// Close the connection with this code and reason once what is queued before is
+    /// written (a limit ends the socket).
+    Close(u16, &'static str),
 }
 
 /// Why an outbox stopped taking messages.
@@ -30,6 +33,8 @@ pub enum Closed {
     SlowConsumer,
     /// The connection is shutting down.
     Gone,
+    /// The server ends the connection with this close code and reason.
+    Requested(u16, &'static str),
 }
 
 #[derive(Debug)]

@@ -51,6 +51,23 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Response<Full<
         tokio::time::sleep(backoff).await;
         return json_error(StatusCode::UNAUTHORIZED, "error", &e.upgrade_message());
     }
+    // Supabase's connect-time limits: concurrent connections, then joins per second.
+    let limits = &app.limits;
+    let refused = if limits.connections() >= limits.max_concurrent_users {
+        Some(("concurrent_users", errors::upgrade::TOO_MANY_USERS))
+    } else if limits.joins_exceeded() {
+        Some(("joins_per_second", errors::upgrade::TOO_MANY_JOINS))
+    } else {
+        None
+    };
+    if let Some((reason, text)) = refused {
+        info!(reason, "refusing upgrade: limit");
+        crate::observability::limit_rejected(reason);
+        tokio::time::sleep(backoff).await;
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "error", text);
+    }
+    // Counted from here, so a burst of upgrades cannot all pass the check above.
+    let counted = limits.connection();
 
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
@@ -61,7 +78,10 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Response<Full<
     };
     tokio::spawn(tracing::Instrument::in_current_span(async move {
         match upgrade.await {
-            Ok(ws) => super::connection::run(app, ws.into_inner(), vsn, token).await,
+            Ok(ws) => {
+                let _counted = counted;
+                super::connection::run(app, ws.into_inner(), vsn, token).await
+            }
             Err(e) => warn!(error = %e, "WebSocket upgrade did not complete"),
         }
     }));
