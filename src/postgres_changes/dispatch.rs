@@ -19,6 +19,7 @@ use super::payload::{self, Change};
 use super::registry::ChannelSubs;
 use super::rls::{self, Check, Viewer};
 use super::PgChanges;
+use crate::fanout::ChannelId;
 
 /// One channel that wants one change (before RLS).
 struct Candidate {
@@ -194,8 +195,9 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
     })
 }
 
-/// Viewers with the same table, role and claims get the same RLS answers.
-type GroupKey = (u32, String, Arc<str>);
+/// Viewers with the same table, role and claims get the same RLS answers. The last field
+/// is 0, or the channel when RLS batching is off (every subscriber checked on its own).
+type GroupKey = (u32, String, Arc<str>, ChannelId);
 /// (change index, candidate index) pairs of one group.
 type Members = Vec<(usize, usize)>;
 
@@ -212,8 +214,9 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
             if c.access.bypass_rls {
                 continue;
             }
+            let own = if pg.rls_batch { 0 } else { c.channel.channel };
             groups
-                .entry((p.table.oid, c.channel.role.clone(), c.channel.claims.clone()))
+                .entry((p.table.oid, c.channel.role.clone(), c.channel.claims.clone(), own))
                 .or_default()
                 .push((pi, ci));
         }
@@ -252,7 +255,7 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 rows: rows.iter().map(|&p| prepared[p].pk.clone()).collect(),
             })
             .collect();
-        let verdicts = rls::visible(&pg.pool, &table, &checks).await;
+        let verdicts = rls::visible(&pg.pool, &table, &checks, pg.rls_batch).await;
         drop(checks);
         for (((key, members), rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|e| {
@@ -261,8 +264,13 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 vec![false; rows.len()]
             });
             for &(p, c) in members {
-                let at = rows.iter().position(|&r| r == p).unwrap_or(0);
-                prepared[p].candidates[c].visible = verdict.get(at).copied().unwrap_or(false);
+                // `rows` is sorted (members are pushed in change order).
+                let visible = rows
+                    .binary_search(&p)
+                    .ok()
+                    .and_then(|at| verdict.get(at).copied())
+                    .unwrap_or(false);
+                prepared[p].candidates[c].visible = visible;
             }
         }
     }

@@ -21,6 +21,7 @@ use super::catalog::{quote_ident, TableInfo};
 use super::pool::Pool;
 
 /// Who is asking.
+#[derive(Clone, Copy)]
 pub struct Viewer<'a> {
     /// Database role (the JWT `role` claim).
     pub role: &'a str,
@@ -45,7 +46,54 @@ const SETTINGS: &str = "select set_config('role', $1, true), set_config('request
      set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)";
 
 /// For each check, per row: may the viewer SELECT it now. An error is that viewer's only.
-pub async fn visible(pool: &Pool, table: &TableInfo, checks: &[Check<'_>]) -> Vec<Result<Vec<bool>, Error>> {
+///
+/// With `batch` false (`POSTGRES_CHANGES_RLS_BATCH=false`), every (viewer, row) pair gets
+/// its own settings + check statements, as Supabase's `apply_rls` does per subscription
+/// and change; still pipelined over the pool, so the difference measured is the
+/// statement count.
+pub async fn visible(
+    pool: &Pool,
+    table: &TableInfo,
+    checks: &[Check<'_>],
+    batch: bool,
+) -> Vec<Result<Vec<bool>, Error>> {
+    if batch {
+        return visible_batched(pool, table, checks).await;
+    }
+    let single: Vec<Check<'_>> = checks
+        .iter()
+        .flat_map(|c| {
+            c.rows.iter().map(|r| Check {
+                viewer: c.viewer,
+                rows: vec![r.clone()],
+            })
+        })
+        .collect();
+    let mut answers = visible_batched(pool, table, &single).await.into_iter();
+    checks
+        .iter()
+        .map(|c| {
+            let mut seen = Vec::with_capacity(c.rows.len());
+            let mut error = None;
+            for _ in 0..c.rows.len() {
+                match answers.next() {
+                    Some(Ok(v)) => seen.push(v.first().copied().unwrap_or(false)),
+                    Some(Err(e)) => {
+                        seen.push(false);
+                        error.get_or_insert(e);
+                    }
+                    None => seen.push(false),
+                }
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok(seen),
+            }
+        })
+        .collect()
+}
+
+async fn visible_batched(pool: &Pool, table: &TableInfo, checks: &[Check<'_>]) -> Vec<Result<Vec<bool>, Error>> {
     let sql = check_sql(table);
     let per_conn = checks.len().div_ceil(pool.size()).clamp(1, BATCH);
     let sql = &sql;
