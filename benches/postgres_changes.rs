@@ -209,11 +209,17 @@ async fn subscriber(port: u16, i: usize, mode: Mode, shared: Arc<Shared>) -> tok
     ));
     shared.histograms.lock().unwrap().push(histogram.clone());
     tokio::spawn(async move {
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(20));
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
                 msg = ws.next() => {
-                    let Some(Ok(Message::Text(t))) = msg else { break };
+                    // The server pings connections that sent nothing for a while:
+                    // tungstenite answers; only a closed socket ends the subscriber.
+                    let t = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                        Some(Ok(_)) => continue,
+                    };
                     if !t.contains("postgres_changes") { continue }
                     let now = now_us();
                     let v: Value = serde_json::from_str(&t).unwrap();
@@ -230,6 +236,35 @@ async fn subscriber(port: u16, i: usize, mode: Mode, shared: Arc<Shared>) -> tok
             }
         }
     })
+}
+
+/// CPU time (user + system) a process has used, in seconds; 0 if it is gone.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// The server's process and its database backends (pool, walsender).
+async fn pipeline_pids(admin: &tokio_postgres::Client, server: u32) -> Vec<u32> {
+    let mut pids = vec![server];
+    for r in admin
+        .query(
+            "select pid from pg_stat_activity where application_name = 'realtime-rs'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        pids.push(r.get::<_, i32>(0) as u32);
+    }
+    pids
 }
 
 /// Runs one mode; false if it delivered nothing at all (the harness is broken).
@@ -261,8 +296,8 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{:>10} {:>10} {:>8} {:>12} {:>14} {:>9} {:>9}",
-        "rate", "inserts/s", "rows", "delivered", "delivered/s", "p50 ms", "p99 ms"
+        "{:>10} {:>10} {:>8} {:>12} {:>14} {:>9} {:>9} {:>8} {:>10}",
+        "rate", "inserts/s", "rows", "delivered", "delivered/s", "p50 ms", "p99 ms", "cpu s", "cpu µs/msg"
     );
     let writer = pg.client().await;
     // The throwaway cluster runs with synchronous_commit=off, so a commit would wait for
@@ -276,6 +311,8 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
         ))
         .await
         .unwrap();
+    let admin = pg.client().await;
+    let server_pid = server.id().unwrap_or(0);
     let mut steps = Vec::new();
     let mut row = 0u64;
     let mut any = false;
@@ -285,6 +322,8 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
         }
         shared.delivered.store(0, Ordering::SeqCst);
         shared.last_us.store(0, Ordering::SeqCst);
+        let pids = pipeline_pids(&admin, server_pid).await;
+        let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
         let step_start = now_us();
         shared.step_start.store(step_start, Ordering::SeqCst);
         let t0 = Instant::now();
@@ -310,13 +349,13 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
         let step_end = now_us();
         // Receivers of row r: the subscribers of its group.
         let expected: u64 = (0..o.subscribers).map(|i| per_group[i % GROUPS as usize]).sum();
-        // Drain: until everything arrived, or nothing arrived for 3 s (30 s at most).
+        // Drain: until everything arrived, or nothing arrived for 5 s (30 s at most).
         let mut last = (shared.delivered.load(Ordering::SeqCst), Instant::now());
         let drain_start = Instant::now();
         loop {
             let n = shared.delivered.load(Ordering::SeqCst);
             if n >= expected
-                || last.1.elapsed() > Duration::from_secs(3)
+                || last.1.elapsed() > Duration::from_secs(5)
                 || drain_start.elapsed() > Duration::from_secs(30)
             {
                 break;
@@ -328,6 +367,9 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
         }
         let n = shared.delivered.load(Ordering::SeqCst);
         any |= n > 0;
+        // CPU the server and its backends spent (robust to a busy machine, unlike rates).
+        let cpu: f64 = pids.iter().zip(&cpu0).map(|(&p, c0)| cpu_secs(p) - c0).sum();
+        let cpu_us_per_msg = if n > 0 { (cpu * 1e6 / n as f64).round() } else { 0.0 };
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
         for x in shared.histograms.lock().unwrap().iter() {
             h.add(&*x.lock().unwrap()).unwrap();
@@ -340,7 +382,7 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
             h.value_at_quantile(0.99) as f64 / 1000.0,
         );
         println!(
-            "{rate:>10} {inserts_per_s:>10} {sent:>8} {n:>12} {delivered_per_s:>14} {p50:>9.1} {p99:>9.1}{}",
+            "{rate:>10} {inserts_per_s:>10} {sent:>8} {n:>12} {delivered_per_s:>14} {p50:>9.1} {p99:>9.1} {cpu:>8.2} {cpu_us_per_msg:>10}{}",
             if n < expected {
                 format!("  (expected {expected}: fell behind)")
             } else {
@@ -400,7 +442,6 @@ async fn run_mode(pg: &pg::Pg, o: &Options, mode: Mode) -> bool {
     let _ = server.kill().await;
     let _ = server.wait().await;
     // Free the slot's WAL for the next mode (its walsender may take a moment to exit).
-    let admin = pg.client().await;
     for _ in 0..50 {
         let r = admin
             .execute(
