@@ -37,8 +37,9 @@ struct Prepared<'a> {
     candidates: Vec<Candidate>,
 }
 
-/// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time.
-pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64]) {
+/// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time;
+/// `xids` are the ids of their transactions.
+pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], xids: &[u32]) {
     // Changes of one transaction share a timestamp: format each distinct one once.
     let mut stamps: Vec<(i64, String)> = Vec::new();
     for &t in commit_us {
@@ -53,7 +54,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64]) {
             prepared.push(p);
         }
     }
-    check_rls(pg, &mut prepared).await;
+    check_rls(pg, &mut prepared, xids).await;
     for p in &prepared {
         push(p);
     }
@@ -203,7 +204,7 @@ type Members = Vec<(usize, usize)>;
 
 /// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
 /// Supabase); tables without RLS and roles with BYPASSRLS need no query.
-async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
+async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) {
     // (table, role, claims) → [(change index, candidate index)]
     let mut groups: HashMap<GroupKey, Members> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
@@ -221,6 +222,11 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 .push((pi, ci));
         }
     }
+    if groups.is_empty() {
+        return;
+    }
+    // The checks read the live rows: they must see these transactions.
+    rls::wait_visible(&pg.pool, xids).await;
     // Per table: one batched call for all its viewers.
     let mut by_table: HashMap<u32, Vec<(GroupKey, Members)>> = HashMap::new();
     for (key, members) in groups {
