@@ -78,6 +78,13 @@ pub struct Config {
     #[arg(long, env = "REPLAY_PUBLIC", default_value_t = false, action = clap::ArgAction::Set)]
     pub replay_public: bool,
 
+    /// Postgres Changes: check Row Level Security in batches (one statement per viewer
+    /// and table covering every row of a round). `false` checks each (subscriber, row)
+    /// pair with its own statement, the way Supabase's `apply_rls` does; it exists to
+    /// measure what batching buys. The answers are the same either way.
+    #[arg(long, env = "POSTGRES_CHANGES_RLS_BATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub postgres_changes_rls_batch: bool,
+
     /// Refuse public channels (`PrivateOnly: This project only allows private channels`).
     #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, action = clap::ArgAction::Set)]
     pub private_only: bool,

@@ -77,6 +77,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
             publication: &config.publication,
             slot: &config.slot_name,
             pool_size: config.db_pool_size,
+            rls_batch: config.postgres_changes_rls_batch,
             start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
         })?),
         None => None,

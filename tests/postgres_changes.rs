@@ -500,3 +500,33 @@ async fn a_schema_change_is_followed() {
         assert_eq!(f.payload()["message"], "Subscribed to PostgreSQL");
     }
 }
+
+/// `POSTGRES_CHANGES_RLS_BATCH=false` checks every (subscriber, row) pair on its own: the
+/// answers must be those of the batched check, also for rows that share a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbatched_rls_gives_the_same_answers() {
+    let pg = Pg::start();
+    pg.exec(SCHEMA).await;
+    let s = Server::start_with(&[("DATABASE_URL", &pg.url()), ("POSTGRES_CHANGES_RLS_BATCH", "false")]).await;
+    let mut a = s.connect("2.0.0").await;
+    let mut b = s.connect("1.0.0").await;
+    let mut anon = s.connect("2.0.0").await;
+    let binding = json!([{"event": "INSERT", "schema": "public", "table": "notes"}]);
+    subscribe(&mut a, "realtime:notes", binding.clone(), Some(&user(USER_A))).await;
+    subscribe(&mut b, "realtime:notes", binding.clone(), Some(&user(USER_B))).await;
+    subscribe(&mut anon, "realtime:notes", binding, None).await;
+    // One transaction: its rows are checked in one round.
+    pg.exec(&format!(
+        "insert into notes values (1, '{USER_A}', 'a1'), (2, '{USER_B}', 'b1'), (3, '{USER_B}', 'b2'), (4, '{USER_A}', 'a2')"
+    ))
+    .await;
+    for want in ["a1", "a2"] {
+        assert_eq!(change(&mut a).await["data"]["record"]["body"], want);
+    }
+    for want in ["b1", "b2"] {
+        assert_eq!(change(&mut b).await["data"]["record"]["body"], want);
+    }
+    a.expect_silence(Duration::from_millis(300)).await;
+    b.expect_silence(Duration::from_millis(300)).await;
+    anon.expect_silence(Duration::from_millis(300)).await;
+}

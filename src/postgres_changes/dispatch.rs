@@ -19,6 +19,7 @@ use super::payload::{self, Change};
 use super::registry::ChannelSubs;
 use super::rls::{self, Check, Viewer};
 use super::PgChanges;
+use crate::fanout::ChannelId;
 
 /// One channel that wants one change (before RLS).
 struct Candidate {
@@ -36,8 +37,9 @@ struct Prepared<'a> {
     candidates: Vec<Candidate>,
 }
 
-/// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time.
-pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64]) {
+/// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time;
+/// `xids` are the ids of their transactions.
+pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], xids: &[u32]) {
     // Changes of one transaction share a timestamp: format each distinct one once.
     let mut stamps: Vec<(i64, String)> = Vec::new();
     for &t in commit_us {
@@ -52,7 +54,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64]) {
             prepared.push(p);
         }
     }
-    check_rls(pg, &mut prepared).await;
+    check_rls(pg, &mut prepared, xids).await;
     for p in &prepared {
         push(p);
     }
@@ -194,14 +196,15 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
     })
 }
 
-/// Viewers with the same table, role and claims get the same RLS answers.
-type GroupKey = (u32, String, Arc<str>);
+/// Viewers with the same table, role and claims get the same RLS answers. The last field
+/// is 0, or the channel when RLS batching is off (every subscriber checked on its own).
+type GroupKey = (u32, String, Arc<str>, ChannelId);
 /// (change index, candidate index) pairs of one group.
 type Members = Vec<(usize, usize)>;
 
 /// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
 /// Supabase); tables without RLS and roles with BYPASSRLS need no query.
-async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
+async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) {
     // (table, role, claims) → [(change index, candidate index)]
     let mut groups: HashMap<GroupKey, Members> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
@@ -212,12 +215,18 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
             if c.access.bypass_rls {
                 continue;
             }
+            let own = if pg.rls_batch { 0 } else { c.channel.channel };
             groups
-                .entry((p.table.oid, c.channel.role.clone(), c.channel.claims.clone()))
+                .entry((p.table.oid, c.channel.role.clone(), c.channel.claims.clone(), own))
                 .or_default()
                 .push((pi, ci));
         }
     }
+    if groups.is_empty() {
+        return;
+    }
+    // The checks read the live rows: they must see these transactions.
+    rls::wait_visible(&pg.pool, xids).await;
     // Per table: one batched call for all its viewers.
     let mut by_table: HashMap<u32, Vec<(GroupKey, Members)>> = HashMap::new();
     for (key, members) in groups {
@@ -252,7 +261,7 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 rows: rows.iter().map(|&p| prepared[p].pk.clone()).collect(),
             })
             .collect();
-        let verdicts = rls::visible(&pg.pool, &table, &checks).await;
+        let verdicts = rls::visible(&pg.pool, &table, &checks, pg.rls_batch).await;
         drop(checks);
         for (((key, members), rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|e| {
@@ -261,8 +270,13 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
                 vec![false; rows.len()]
             });
             for &(p, c) in members {
-                let at = rows.iter().position(|&r| r == p).unwrap_or(0);
-                prepared[p].candidates[c].visible = verdict.get(at).copied().unwrap_or(false);
+                // `rows` is sorted (members are pushed in change order).
+                let visible = rows
+                    .binary_search(&p)
+                    .ok()
+                    .and_then(|at| verdict.get(at).copied())
+                    .unwrap_or(false);
+                prepared[p].candidates[c].visible = visible;
             }
         }
     }

@@ -39,6 +39,8 @@ pub struct PgChanges {
     pool: Arc<Pool>,
     catalog: Catalog,
     registry: Registry,
+    /// See [`Settings::rls_batch`].
+    rls_batch: bool,
     /// The replication stream is up.
     connected: AtomicBool,
     /// Subscribers were told the database is gone; tell them when it is back.
@@ -59,6 +61,9 @@ pub struct Settings<'a> {
     pub slot: &'a str,
     /// SQL connections for catalog reads and RLS checks.
     pub pool_size: usize,
+    /// Check RLS for many rows per statement (`POSTGRES_CHANGES_RLS_BATCH`); false: one
+    /// statement per (subscriber, row).
+    pub rls_batch: bool,
     /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
     pub start_delay: Duration,
 }
@@ -78,6 +83,7 @@ impl PgChanges {
             catalog: Catalog::new(pool.clone()),
             pool,
             registry: Registry::default(),
+            rls_batch: settings.rls_batch,
             connected: AtomicBool::new(false),
             outage: AtomicBool::new(false),
             last_acked: AtomicU64::new(0),

@@ -4,22 +4,32 @@
 //! `request.jwt.claims` inside a transaction, and nothing else may run on that connection
 //! meanwhile. Broken connections are replaced on the next checkout.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 use tracing::{debug, warn};
+
+/// Most statements kept prepared per connection (the cache is emptied when full).
+const STATEMENT_CACHE: usize = 256;
 
 /// Fixed-size pool; connections are opened lazily.
 pub struct Pool {
     config: Config,
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Slot>>>,
     next: AtomicUsize,
+}
+
+/// An open connection and the statements prepared on it.
+struct Slot {
+    client: Client,
+    statements: HashMap<String, Statement>,
 }
 
 /// A checked-out connection.
 pub struct Conn<'a> {
-    guard: MutexGuard<'a, Option<Client>>,
+    guard: MutexGuard<'a, Option<Slot>>,
 }
 
 impl std::ops::Deref for Conn<'_> {
@@ -27,9 +37,28 @@ impl std::ops::Deref for Conn<'_> {
     fn deref(&self) -> &Client {
         // `checkout` only hands out guards holding a client.
         match self.guard.as_ref() {
-            Some(c) => c,
+            Some(s) => &s.client,
             None => unreachable!("a checked-out connection always holds a client"),
         }
+    }
+}
+
+impl Conn<'_> {
+    /// `sql` prepared on this connection, once per connection (RLS checks run the same
+    /// few statements every round; Postgres re-plans them itself after DDL).
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let Some(slot) = self.guard.as_mut() else {
+            unreachable!("a checked-out connection always holds a client")
+        };
+        if let Some(s) = slot.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = slot.client.prepare(sql).await?;
+        if slot.statements.len() >= STATEMENT_CACHE {
+            slot.statements.clear();
+        }
+        slot.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 }
 
@@ -52,7 +81,7 @@ impl Pool {
     pub async fn checkout(&self) -> Result<Conn<'_>, tokio_postgres::Error> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut guard = self.slots[i].lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
+        if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
             let (client, connection) = self.config.connect(NoTls).await.inspect_err(|e| {
                 warn!(error = %e, "cannot open a database connection");
             })?;
@@ -65,7 +94,10 @@ impl Pool {
             client
                 .batch_execute("set application_name = 'realtime-rs'; set timezone = 'UTC'; set datestyle = 'ISO'; set extra_float_digits = 3")
                 .await?;
-            *guard = Some(client);
+            *guard = Some(Slot {
+                client,
+                statements: HashMap::new(),
+            });
         }
         Ok(Conn { guard })
     }

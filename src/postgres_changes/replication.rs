@@ -112,10 +112,11 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                         Some(Event::Begin {
                             commit_time_us,
                             final_lsn,
-                            ..
+                            xid,
                         }) => {
                             in_transaction = true;
                             batch.commit_us = commit_time_us;
+                            batch.xid = xid;
                             replayed = final_lsn.0 < pg.last_acked.load(Ordering::SeqCst);
                             if replayed {
                                 debug!(%final_lsn, "skipping a transaction already delivered");
@@ -125,6 +126,9 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
                         Some(Event::Change(change)) => {
                             batch.changes.push(change);
                             batch.times.push(batch.commit_us);
+                            if batch.xids.last() != Some(&batch.xid) {
+                                batch.xids.push(batch.xid);
+                            }
                         }
                         Some(Event::Commit { end_lsn, .. }) => {
                             in_transaction = false;
@@ -155,9 +159,14 @@ async fn session(pg: &Arc<PgChanges>) -> Result<(), WalError> {
             continue;
         }
         if !batch.changes.is_empty() {
-            dispatch::deliver(pg, &batch.changes, &batch.times).await;
+            dispatch::deliver(pg, &batch.changes, &batch.times, &batch.xids).await;
             batch.changes.clear();
             batch.times.clear();
+            batch.xids.clear();
+            if in_transaction {
+                // The rest of this transaction comes in the next chunk.
+                batch.xids.push(batch.xid);
+            }
         }
         // Acknowledged only now that its changes are queued for every subscriber.
         if let Some(end_lsn) = batch.ack.take() {
@@ -177,6 +186,10 @@ struct Batch {
     times: Vec<i64>,
     /// Commit time of the transaction being read.
     commit_us: i64,
+    /// Transaction ids of the changes (each once).
+    xids: Vec<u32>,
+    /// Id of the transaction being read.
+    xid: u32,
     /// End LSN of the last complete transaction in the batch.
     ack: Option<realtime_wal::Lsn>,
 }
