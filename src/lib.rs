@@ -78,6 +78,8 @@ pub async fn run(mut config: Config) -> Result<(), String> {
             slot: &config.slot_name,
             pool_size: config.db_pool_size,
             rls_batch: config.postgres_changes_rls_batch,
+            max_record_bytes: config.max_record_bytes,
+            max_in_values: config.max_in_filter_values,
             start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
         })?),
         None => None,

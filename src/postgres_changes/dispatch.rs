@@ -56,7 +56,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
     }
     check_rls(pg, &mut prepared, xids).await;
     for p in &prepared {
-        push(p);
+        push(p, pg.max_record_bytes);
     }
 }
 
@@ -283,7 +283,7 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
 }
 
 /// Builds and queues the frames of one change.
-fn push(p: &Prepared<'_>) {
+fn push(p: &Prepared<'_>, max_record_bytes: usize) {
     let table = &p.table;
     // One `data` per distinct visible-column set, shared by every channel that has it.
     let mut built: HashMap<Vec<bool>, Vec<u8>> = HashMap::new();
@@ -310,7 +310,7 @@ fn push(p: &Prepared<'_>) {
                 .all(|&i| c.access.selectable.get(i).copied().unwrap_or(false));
             let data = built
                 .entry(columns.clone())
-                .or_insert_with(|| payload::data(table, &p.change, &columns, pk_selectable));
+                .or_insert_with(|| payload::data(table, &p.change, &columns, pk_selectable, max_record_bytes));
             let mut body = Vec::with_capacity(data.len() + 32);
             body.extend_from_slice(b"{\"ids\":");
             let _ = serde_json::to_writer(&mut body, &ids);

@@ -41,6 +41,10 @@ pub struct PgChanges {
     registry: Registry,
     /// See [`Settings::rls_batch`].
     rls_batch: bool,
+    /// See [`Settings::max_record_bytes`].
+    max_record_bytes: usize,
+    /// See [`Settings::max_in_values`].
+    max_in_values: usize,
     /// The replication stream is up.
     connected: AtomicBool,
     /// Subscribers were told the database is gone; tell them when it is back.
@@ -64,6 +68,10 @@ pub struct Settings<'a> {
     /// Check RLS for many rows per statement (`POSTGRES_CHANGES_RLS_BATCH`); false: one
     /// statement per (subscriber, row).
     pub rls_batch: bool,
+    /// Changes larger than this keep only values of at most 64 bytes (`MAX_RECORD_BYTES`).
+    pub max_record_bytes: usize,
+    /// Most values of an `in` filter (`MAX_IN_FILTER_VALUES`).
+    pub max_in_values: usize,
     /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
     pub start_delay: Duration,
 }
@@ -84,6 +92,8 @@ impl PgChanges {
             pool,
             registry: Registry::default(),
             rls_batch: settings.rls_batch,
+            max_record_bytes: settings.max_record_bytes,
+            max_in_values: settings.max_in_values,
             connected: AtomicBool::new(false),
             outage: AtomicBool::new(false),
             last_acked: AtomicU64::new(0),
@@ -140,7 +150,15 @@ impl PgChanges {
             let Some(entry) = self.registry.get(channel) else {
                 return;
             };
-            match subscribe::resolve(&self.catalog, &self.publication, &entry.bindings, &entry.role).await {
+            match subscribe::resolve(
+                &self.catalog,
+                &self.publication,
+                &entry.bindings,
+                &entry.role,
+                self.max_in_values,
+            )
+            .await
+            {
                 Ok(subs) => {
                     if !self.registry.update(channel, subs) {
                         return;

@@ -10,8 +10,6 @@ use realtime_wal::value::write_json;
 use super::catalog::TableInfo;
 use super::filter::Cell;
 
-/// Rows over this size (the whole change) keep only small values (Supabase: 1 MiB).
-pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// The size a value may have in an oversized row (Supabase: 64 bytes).
 const SMALL_VALUE: usize = 64;
 
@@ -31,7 +29,15 @@ pub struct Change<'a> {
 
 /// Builds `data` for one viewer: `columns` marks which table columns it sees (selectable,
 /// and in `select` + primary key when the binding selected columns).
-pub fn data(table: &TableInfo, change: &Change<'_>, columns: &[bool], pk_selectable: bool) -> Vec<u8> {
+/// Rows over `max_record_bytes` (the whole change; `MAX_RECORD_BYTES`, Supabase: 1 MiB)
+/// keep only small values.
+pub fn data(
+    table: &TableInfo,
+    change: &Change<'_>,
+    columns: &[bool],
+    pk_selectable: bool,
+    max_record_bytes: usize,
+) -> Vec<u8> {
     let kind = match change.kind {
         Action::Insert => "INSERT",
         Action::Update => "UPDATE",
@@ -88,7 +94,7 @@ pub fn data(table: &TableInfo, change: &Change<'_>, columns: &[bool], pk_selecta
     }
     out.push(b']');
 
-    let oversized = change.size > MAX_RECORD_BYTES;
+    let oversized = change.size > max_record_bytes;
     if let Some(new) = &change.new {
         out.extend_from_slice(b",\"record\":");
         // Unchanged TOAST values are not in the new image; the old image has them only

@@ -13,9 +13,6 @@ use tracing::debug;
 use super::catalog::{Catalog, TableInfo};
 use super::filter::{Compiled, Family, IsValue, Operand};
 
-/// Most values an `in` filter may list.
-pub const MAX_IN_VALUES: usize = 100;
-
 /// One binding resolved to one table.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -47,6 +44,7 @@ pub async fn resolve(
     publication: &str,
     bindings: &[Map<String, Value>],
     role: &str,
+    max_in_values: usize,
 ) -> Result<Vec<Subscription>, SubscribeError> {
     let mut subs = Vec::new();
     for params in bindings {
@@ -66,7 +64,7 @@ pub async fn resolve(
             let Some(table) = catalog.table(oid).await.map_err(|e| database_error(&binding, &e))? else {
                 continue;
             };
-            let sub = compile(catalog, &binding, id, &table, role).await.map_err(|exception| {
+            let sub = compile(catalog, &binding, id, &table, role, max_in_values).await.map_err(|exception| {
                 SubscribeError::Rejected(format!(
                     "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: {}. Exception: {exception}",
                     binding.inspect()
@@ -112,6 +110,7 @@ async fn compile(
     id: u32,
     table: &TableInfo,
     role: &str,
+    max_in_values: usize,
 ) -> Result<Subscription, String> {
     let access = catalog.access(role, table).await.map_err(|e| exception_text(&e))?;
     let readable = |name: &str| {
@@ -132,8 +131,10 @@ async fn compile(
                     .canonical(&cond.value, &col.sql_type, true)
                     .await
                     .map_err(|e| exception_text(&e))?;
-                if items.len() > MAX_IN_VALUES {
-                    return Err(raise("too many values for `in` filter. Maximum 100".into()));
+                if items.len() > max_in_values {
+                    return Err(raise(format!(
+                        "too many values for `in` filter. Maximum {max_in_values}"
+                    )));
                 }
                 Operand::List(items)
             }
