@@ -1,0 +1,3 @@
+#[path = "loadgen/mod.rs"]
+mod loadgen;
+fn main() {}
