@@ -45,8 +45,12 @@ async fn main() -> Res<()> {
     }
     loadgen::report(&r.summary(&w), record)?;
     server.stop().await;
-    if r.total_delivered() == 0 {
-        return Err(loadgen::err("nothing was delivered"));
+    if r.total_delivered() == 0 || r.errors > 0 {
+        return Err(loadgen::err(format!(
+            "harness failure: {} delivered, {} subscribers lost",
+            r.total_delivered(),
+            r.errors
+        )));
     }
     Ok(())
 }

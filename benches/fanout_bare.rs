@@ -194,8 +194,8 @@ async fn main() -> Res<()> {
         "bare": br.json(),
     });
     loadgen::report(&summary, record)?;
-    if rt.total_delivered() == 0 || br.total_delivered() == 0 {
-        return Err(loadgen::err("nothing was delivered"));
+    if rt.total_delivered() == 0 || br.total_delivered() == 0 || rt.errors + br.errors > 0 {
+        return Err(loadgen::err("harness failure: nothing delivered or subscribers lost"));
     }
     Ok(())
 }

@@ -1,3 +1,370 @@
+//! Scenario 5 — presence convergence.
+//!
+//! N clients (default 1,000) are connected first; then all join one topic with presence
+//! enabled (key `k<i>`) and track `{"n":0}` as soon as their join is acknowledged. Each
+//! client applies `presence_state` / `presence_diff` as realtime-js does (diffs held until
+//! the state arrived; joins merged by `phx_ref`, leaves remove by `phx_ref`). Measured:
+//! time until every client's state holds N keys, each with its one `n = 0` meta; then
+//! every client re-tracks `{"n":1}` at once and the time until every client sees N keys
+//! with `n = 1` (and no stale meta).
+//!
+//! `cargo bench --bench presence -- [--clients N] [--vsn 2.0.0|1.0.0] [--timeout-secs 60]`
+
 #[path = "loadgen/mod.rs"]
 mod loadgen;
-fn main() {}
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastwebsockets::OpCode;
+use loadgen::{Params, Res, Vsn};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+const TOPIC: &str = "realtime:presence-bench";
+
+/// A client's view: key → metas as (phx_ref, n).
+struct View {
+    keys: HashMap<String, Vec<(String, i64)>>,
+    /// Keys whose only meta has `n == target`.
+    done: usize,
+    target: i64,
+    synced: bool,
+    pending: Vec<Value>,
+}
+
+impl View {
+    fn key_done(&self, key: &str) -> bool {
+        matches!(self.keys.get(key).map(Vec::as_slice), Some([(_, n)]) if *n == self.target)
+    }
+
+    fn set_target(&mut self, target: i64) {
+        self.target = target;
+        self.done = self.keys.keys().filter(|k| self.key_done(k)).count();
+    }
+
+    fn metas(v: &Value) -> Vec<(String, i64)> {
+        v["metas"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["phx_ref"].as_str().unwrap_or_default().to_owned(),
+                            m["n"].as_i64().unwrap_or(-1),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// phx-js `syncState` on a fresh view (the state replaces), then the held diffs.
+    fn state(&mut self, state: &Value) {
+        self.keys.clear();
+        if let Some(o) = state.as_object() {
+            for (k, v) in o {
+                self.keys.insert(k.clone(), View::metas(v));
+            }
+        }
+        self.synced = true;
+        self.set_target(self.target);
+        for d in std::mem::take(&mut self.pending) {
+            self.diff(&d);
+        }
+    }
+
+    /// phx-js `syncDiff`: joins first (new metas, plus current ones whose ref is not
+    /// joined, in front), then leaves (remove metas by ref, drop empty keys).
+    fn diff(&mut self, diff: &Value) {
+        if !self.synced {
+            self.pending.push(diff.clone());
+            return;
+        }
+        if let Some(joins) = diff["joins"].as_object() {
+            for (k, v) in joins {
+                let was = self.key_done(k);
+                let new = View::metas(v);
+                let entry = self.keys.entry(k.clone()).or_default();
+                let mut merged: Vec<(String, i64)> = entry
+                    .iter()
+                    .filter(|(r, _)| !new.iter().any(|(nr, _)| nr == r))
+                    .cloned()
+                    .collect();
+                merged.extend(new);
+                *entry = merged;
+                self.adjust(k, was);
+            }
+        }
+        if let Some(leaves) = diff["leaves"].as_object() {
+            for (k, v) in leaves {
+                let was = self.key_done(k);
+                let gone = View::metas(v);
+                if let Some(entry) = self.keys.get_mut(k) {
+                    entry.retain(|(r, _)| !gone.iter().any(|(g, _)| g == r));
+                    if entry.is_empty() {
+                        self.keys.remove(k);
+                    }
+                }
+                self.adjust(k, was);
+            }
+        }
+    }
+
+    fn adjust(&mut self, key: &str, was: bool) {
+        match (was, self.key_done(key)) {
+            (false, true) => self.done += 1,
+            (true, false) => self.done -= 1,
+            _ => {}
+        }
+    }
+}
+
+struct Shared {
+    n: usize,
+    /// Clients that reached each phase's target.
+    converged: [AtomicUsize; 2],
+    notify: Notify,
+    frames: AtomicU64,
+    errors: AtomicU64,
+    /// Set once measured: sockets closing after that are not errors.
+    finished: AtomicBool,
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let p = Params::parse();
+    let _ = loadgen::raise_nofile();
+    let n: usize = p.get("clients", 1000usize)?;
+    let vsn: Vsn = p.get("vsn", Vsn::V2)?;
+    let timeout = Duration::from_secs_f64(p.get("timeout-secs", 60.0)?);
+    let server = loadgen::start_realtime(&[]).await?;
+    let key = loadgen::anon_key()?;
+    println!(
+        "presence: {n} clients on one topic, vsn {}, server pid {}",
+        vsn.as_str(),
+        server.pid
+    );
+
+    // Connect everyone first (not timed).
+    let mut set: JoinSet<Res<(usize, loadgen::Ws)>> = JoinSet::new();
+    let mut sockets = Vec::with_capacity(n);
+    let mut next = 0;
+    while sockets.len() < n {
+        while next < n && set.len() < 64 {
+            let (key, i, port) = (key.clone(), next, server.port);
+            set.spawn(async move {
+                Ok((
+                    i,
+                    loadgen::ws_connect(port, &loadgen::phoenix_path(&key, vsn), None).await?,
+                ))
+            });
+            next += 1;
+        }
+        match set.join_next().await {
+            Some(r) => sockets.push(r??),
+            None => break,
+        }
+    }
+    let rss_connected = server.rss_kb();
+
+    let shared = Arc::new(Shared {
+        n,
+        converged: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        notify: Notify::new(),
+        frames: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        finished: AtomicBool::new(false),
+    });
+    let (phase_tx, phase_rx) = watch::channel(0i64);
+    let me = std::process::id();
+    let cpu0 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let t0 = Instant::now();
+    for (i, ws) in sockets {
+        tokio::spawn(client(i, ws, vsn, shared.clone(), phase_rx.clone()));
+    }
+    let join_secs = wait_phase(&shared, 0, t0, timeout).await;
+    let frames_join = shared.frames.load(Ordering::Relaxed);
+    let cpu1 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let t1 = Instant::now();
+    let _ = phase_tx.send(1);
+    let update_secs = if join_secs.is_some() {
+        wait_phase(&shared, 1, t1, timeout).await
+    } else {
+        None
+    };
+    let frames_total = shared.frames.load(Ordering::Relaxed);
+    let cpu2 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let rss_after = server.rss_kb();
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let fmt = |s: Option<f64>, phase: usize| match s {
+        Some(s) => format!("{s:.3} s"),
+        None => format!(
+            "not within {:.0} s ({} of {n} clients converged)",
+            timeout.as_secs_f64(),
+            shared.converged[phase].load(Ordering::Relaxed)
+        ),
+    };
+    let summary = format!(
+        "presence {n}: all clients hold {n} keys after {}; {n} simultaneous updates seen by all after {}; {} frames received, {errors} errors (CPU s server/generator: join {:.1}/{:.1}, update {:.1}/{:.1})",
+        fmt(join_secs, 0),
+        fmt(update_secs, 1),
+        frames_total,
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1,
+        cpu2.0 - cpu1.0,
+        cpu2.1 - cpu1.1
+    );
+    let record = json!({
+        "scenario": "presence",
+        "clients": n,
+        "vsn": vsn.as_str(),
+        "join_converge_s": join_secs,
+        "update_converge_s": update_secs,
+        "frames_join_phase": frames_join,
+        "frames_update_phase": frames_total - frames_join,
+        "server_cpu_s_join": r2(cpu1.0 - cpu0.0),
+        "generator_cpu_s_join": r2(cpu1.1 - cpu0.1),
+        "server_cpu_s_update": r2(cpu2.0 - cpu1.0),
+        "generator_cpu_s_update": r2(cpu2.1 - cpu1.1),
+        "server_rss_kb_connected": rss_connected,
+        "server_rss_kb_after": rss_after,
+        "errors": errors,
+    });
+    shared.finished.store(true, Ordering::Relaxed);
+    loadgen::report(&summary, record)?;
+    server.stop().await;
+    if join_secs.is_none() || update_secs.is_none() || errors > 0 {
+        return Err(loadgen::err("presence did not converge"));
+    }
+    Ok(())
+}
+
+async fn wait_phase(shared: &Shared, phase: usize, t0: Instant, timeout: Duration) -> Option<f64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = shared.notify.notified();
+        if shared.converged[phase].load(Ordering::Acquire) >= shared.n {
+            return Some(t0.elapsed().as_secs_f64());
+        }
+        if shared.errors.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return None;
+        }
+    }
+}
+
+async fn client(i: usize, ws: loadgen::Ws, vsn: Vsn, shared: Arc<Shared>, mut phase: watch::Receiver<i64>) {
+    if let Err(e) = run_client(i, ws, vsn, &shared, &mut phase).await {
+        if shared.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        if shared.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("presence client {i}: {e}");
+        }
+        shared.notify.notify_waiters();
+    }
+}
+
+async fn run_client(i: usize, ws: loadgen::Ws, vsn: Vsn, shared: &Shared, phase: &mut watch::Receiver<i64>) -> Res<()> {
+    let (mut reader, writer) = loadgen::split(ws);
+    let join_ref = "1";
+    let key = format!("k{i}");
+    loadgen::send_text(
+        &writer,
+        loadgen::phoenix_text(
+            vsn,
+            Some(join_ref),
+            Some(join_ref),
+            TOPIC,
+            "phx_join",
+            &loadgen::join_config(Some(&key)),
+        ),
+    )
+    .await?;
+    // The phase watcher re-tracks on its own task (read_frame is not cancel safe).
+    let tracker = {
+        let (writer, mut phase) = (writer.clone(), phase.clone());
+        tokio::spawn(async move {
+            while phase.changed().await.is_ok() {
+                let n = *phase.borrow_and_update();
+                let push = loadgen::phoenix_text(
+                    vsn,
+                    Some(join_ref),
+                    Some(&format!("t{n}")),
+                    TOPIC,
+                    "presence",
+                    &json!({"type": "presence", "event": "track", "payload": {"n": n}}),
+                );
+                if loadgen::send_text(&writer, push).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut view = View {
+        keys: HashMap::new(),
+        done: 0,
+        target: 0,
+        synced: false,
+        pending: Vec::new(),
+    };
+    let mut reached = [false, false];
+    let result: Res<()> = async {
+        loop {
+            let Some((op, data)) = loadgen::next_frame(&mut reader, &writer).await? else {
+                return Err(loadgen::err("closed by the server"));
+            };
+            if op != OpCode::Text {
+                continue;
+            }
+            shared.frames.fetch_add(1, Ordering::Relaxed);
+            let Some(m) = loadgen::parse_phoenix(vsn, &data) else {
+                continue;
+            };
+            match m.event.as_str() {
+                "phx_reply" if m.ref_.as_deref() == Some(join_ref) => {
+                    if m.payload["status"] != "ok" {
+                        return Err(loadgen::err(format!("join refused: {}", m.payload)));
+                    }
+                    let push = loadgen::phoenix_text(
+                        vsn,
+                        Some(join_ref),
+                        Some("t0"),
+                        TOPIC,
+                        "presence",
+                        &json!({"type": "presence", "event": "track", "payload": {"n": 0}}),
+                    );
+                    loadgen::send_text(&writer, push).await?;
+                }
+                "phx_reply" if m.payload["status"] != "ok" => {
+                    return Err(loadgen::err(format!("push refused: {}", m.payload)));
+                }
+                "presence_state" => view.state(&m.payload),
+                "presence_diff" => view.diff(&m.payload),
+                "phx_error" | "phx_close" => return Err(loadgen::err(format!("{}: {}", m.event, m.payload))),
+                _ => {}
+            }
+            let target = *phase.borrow();
+            if view.target != target {
+                view.set_target(target);
+            }
+            let ph = target as usize;
+            if ph < 2 && !reached[ph] && view.done == shared.n && view.keys.len() == shared.n {
+                reached[ph] = true;
+                if shared.converged[ph].fetch_add(1, Ordering::AcqRel) + 1 == shared.n {
+                    shared.notify.notify_waiters();
+                }
+            }
+        }
+    }
+    .await;
+    tracker.abort();
+    result
+}

@@ -191,6 +191,22 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, in seconds, from /proc (Linux; clock
+/// ticks assumed to be 100 per second, as on every common Linux build).
+pub fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state is field 3, utime 14, stime 15 (1-based overall).
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Raises the soft fd limit as far as the hard one allows (children inherit it); returns it.
 pub fn raise_nofile() -> u64 {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -846,13 +862,18 @@ pub struct Step {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU seconds the server and the generator used during the step.
+    pub server_cpu_s: f64,
+    pub generator_cpu_s: f64,
 }
 
 impl Step {
     pub fn json(&self) -> Value {
         json!({"rate": self.rate, "sent": self.sent, "expected": self.expected, "delivered": self.delivered,
                "deliveries_per_s": self.deliveries_per_s.round(), "p50_ms": self.p50_ms, "p90_ms": self.p90_ms,
-               "p99_ms": self.p99_ms, "max_ms": self.max_ms})
+               "p99_ms": self.p99_ms, "max_ms": self.max_ms,
+               "server_cpu_s": (self.server_cpu_s * 100.0).round() / 100.0,
+               "generator_cpu_s": (self.generator_cpu_s * 100.0).round() / 100.0})
     }
 }
 
@@ -963,8 +984,18 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
             rss_kb_joined
         );
         println!(
-            "{:>9} {:>9} {:>11} {:>11} {:>13} {:>8} {:>8} {:>8} {:>8}",
-            "msgs/s", "sent", "expected", "delivered", "deliveries/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+            "{:>9} {:>9} {:>11} {:>11} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "msgs/s",
+            "sent",
+            "expected",
+            "delivered",
+            "deliveries/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "srv cpu",
+            "gen cpu"
         );
     }
 
@@ -973,6 +1004,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
         let step_no = k as u32 + 1;
         recorder.begin(step_no);
         let t0 = now_ns();
+        let (cpu_server0, cpu_gen0) = (cpu_secs(pid), cpu_secs(std::process::id()));
         let per_pub = rate as f64 / w.publishers as f64;
         let mut tasks = JoinSet::new();
         for (mine, writer) in &pubs {
@@ -1010,10 +1042,12 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
             p90_ms: ms(c.hist.value_at_quantile(0.9)),
             p99_ms: ms(c.hist.value_at_quantile(0.99)),
             max_ms: ms(c.hist.max()),
+            server_cpu_s: cpu_secs(pid) - cpu_server0,
+            generator_cpu_s: cpu_secs(std::process::id()) - cpu_gen0,
         };
         if verbose {
             println!(
-                "{:>9} {:>9} {:>11} {:>11} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:>9} {:>9} {:>11} {:>11} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2}s {:>7.2}s",
                 step.rate,
                 step.sent,
                 step.expected,
@@ -1022,7 +1056,9 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
                 step.p50_ms,
                 step.p90_ms,
                 step.p99_ms,
-                step.max_ms
+                step.max_ms,
+                step.server_cpu_s,
+                step.generator_cpu_s
             );
         }
         let over = step.p99_ms > w.stop_p99_ms || step.delivered * 10 < step.expected * 9;
