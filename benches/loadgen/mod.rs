@@ -810,6 +810,8 @@ pub struct Fanout {
     pub ok_p99_ms: f64,
     pub pad: usize,
     pub connect_parallel: usize,
+    /// Seconds of publishing at the first rate before the first step (not recorded).
+    pub warmup_secs: f64,
 }
 
 impl Fanout {
@@ -844,6 +846,7 @@ impl Fanout {
             ok_p99_ms: p.get("ok-p99-ms", 25.0)?,
             pad: p.get("payload-pad", 0usize)?,
             connect_parallel: p.get("connect-parallel", 64usize)?,
+            warmup_secs: p.get("warmup-secs", 1.0)?,
         })
     }
 
@@ -999,6 +1002,13 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
         );
     }
 
+    if w.warmup_secs > 0.0 {
+        let rate = w.rates.first().copied().unwrap_or(100) as f64 / w.publishers as f64;
+        for (mine, writer) in &pubs {
+            publish(proto, mine, writer, rate, w.warmup_secs, 0, w.pad).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut steps = Vec::new();
     for (k, &rate) in w.rates.iter().enumerate() {
         let step_no = k as u32 + 1;
