@@ -20,11 +20,79 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::OpCode;
 use loadgen::{Params, Res, Vsn};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 const TOPIC: &str = "realtime:presence-bench";
+
+/// Presence payloads, parsed borrowed and typed (keys other than `phx_ref`/`n` skipped):
+/// the generator must not be what limits the run.
+#[derive(Deserialize)]
+struct MetaIn<'a> {
+    #[serde(borrow)]
+    phx_ref: &'a str,
+    #[serde(default)]
+    n: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct MetasIn<'a> {
+    #[serde(borrow)]
+    metas: Vec<MetaIn<'a>>,
+}
+
+type PresencesIn<'a> = HashMap<&'a str, MetasIn<'a>>;
+
+#[derive(Deserialize)]
+struct DiffIn<'a> {
+    #[serde(borrow, default)]
+    joins: PresencesIn<'a>,
+    #[serde(borrow, default)]
+    leaves: PresencesIn<'a>,
+}
+
+/// A V1 message (V2 is `[join_ref, ref, topic, event, payload]`).
+#[derive(Deserialize)]
+struct V1In<'a> {
+    #[serde(rename = "ref", borrow, default)]
+    ref_: Option<&'a str>,
+    #[serde(borrow)]
+    event: &'a str,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct ReplyIn<'a> {
+    #[serde(borrow)]
+    status: &'a str,
+}
+
+type V2In<'a> = (Option<&'a str>, Option<&'a str>, &'a str, &'a str, &'a RawValue);
+
+/// `(ref, event, payload)` of a Phoenix text frame.
+fn envelope(vsn: Vsn, data: &[u8]) -> Option<(Option<&str>, &str, &RawValue)> {
+    match vsn {
+        Vsn::V2 => {
+            let (_, r, _, e, p): V2In = serde_json::from_slice(data).ok()?;
+            Some((r, e, p))
+        }
+        Vsn::V1 => {
+            let m: V1In = serde_json::from_slice(data).ok()?;
+            Some((m.ref_, m.event, m.payload))
+        }
+    }
+}
+
+fn metas(m: &MetasIn) -> Vec<(String, i64)> {
+    m.metas
+        .iter()
+        .map(|x| (x.phx_ref.to_owned(), x.n.unwrap_or(-1)))
+        .collect()
+}
 
 /// A client's view: key → metas as (phx_ref, n).
 struct View {
@@ -33,7 +101,8 @@ struct View {
     done: usize,
     target: i64,
     synced: bool,
-    pending: Vec<Value>,
+    /// Diffs received before the state (raw JSON), applied after it as realtime-js does.
+    pending: Vec<String>,
 }
 
 impl View {
@@ -46,71 +115,48 @@ impl View {
         self.done = self.keys.keys().filter(|k| self.key_done(k)).count();
     }
 
-    fn metas(v: &Value) -> Vec<(String, i64)> {
-        v["metas"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| {
-                        (
-                            m["phx_ref"].as_str().unwrap_or_default().to_owned(),
-                            m["n"].as_i64().unwrap_or(-1),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// phx-js `syncState` on a fresh view (the state replaces), then the held diffs.
-    fn state(&mut self, state: &Value) {
-        self.keys.clear();
-        if let Some(o) = state.as_object() {
-            for (k, v) in o {
-                self.keys.insert(k.clone(), View::metas(v));
-            }
-        }
+    fn state(&mut self, raw: &RawValue) -> Res<()> {
+        let state: PresencesIn = serde_json::from_str(raw.get())?;
+        self.keys = state.iter().map(|(k, m)| ((*k).to_owned(), metas(m))).collect();
         self.synced = true;
         self.set_target(self.target);
         for d in std::mem::take(&mut self.pending) {
-            self.diff(&d);
+            let diff: DiffIn = serde_json::from_str(&d)?;
+            self.diff(&diff);
         }
+        Ok(())
+    }
+
+    fn diff_raw(&mut self, raw: &RawValue) -> Res<()> {
+        if !self.synced {
+            self.pending.push(raw.get().to_owned());
+            return Ok(());
+        }
+        let diff: DiffIn = serde_json::from_str(raw.get())?;
+        self.diff(&diff);
+        Ok(())
     }
 
     /// phx-js `syncDiff`: joins first (new metas, plus current ones whose ref is not
     /// joined, in front), then leaves (remove metas by ref, drop empty keys).
-    fn diff(&mut self, diff: &Value) {
-        if !self.synced {
-            self.pending.push(diff.clone());
-            return;
+    fn diff(&mut self, diff: &DiffIn) {
+        for (k, m) in &diff.joins {
+            let was = self.key_done(k);
+            let entry = self.keys.entry((*k).to_owned()).or_default();
+            entry.retain(|(r, _)| !m.metas.iter().any(|x| x.phx_ref == r));
+            entry.extend(metas(m));
+            self.adjust(k, was);
         }
-        if let Some(joins) = diff["joins"].as_object() {
-            for (k, v) in joins {
-                let was = self.key_done(k);
-                let new = View::metas(v);
-                let entry = self.keys.entry(k.clone()).or_default();
-                let mut merged: Vec<(String, i64)> = entry
-                    .iter()
-                    .filter(|(r, _)| !new.iter().any(|(nr, _)| nr == r))
-                    .cloned()
-                    .collect();
-                merged.extend(new);
-                *entry = merged;
-                self.adjust(k, was);
-            }
-        }
-        if let Some(leaves) = diff["leaves"].as_object() {
-            for (k, v) in leaves {
-                let was = self.key_done(k);
-                let gone = View::metas(v);
-                if let Some(entry) = self.keys.get_mut(k) {
-                    entry.retain(|(r, _)| !gone.iter().any(|(g, _)| g == r));
-                    if entry.is_empty() {
-                        self.keys.remove(k);
-                    }
+        for (k, m) in &diff.leaves {
+            let was = self.key_done(k);
+            if let Some(entry) = self.keys.get_mut(*k) {
+                entry.retain(|(r, _)| !m.metas.iter().any(|x| x.phx_ref == r));
+                if entry.is_empty() {
+                    self.keys.remove(*k);
                 }
-                self.adjust(k, was);
             }
+            self.adjust(k, was);
         }
     }
 
@@ -325,13 +371,14 @@ async fn run_client(i: usize, ws: loadgen::Ws, vsn: Vsn, shared: &Shared, phase:
                 continue;
             }
             shared.frames.fetch_add(1, Ordering::Relaxed);
-            let Some(m) = loadgen::parse_phoenix(vsn, &data) else {
+            let Some((ref_, event, payload)) = envelope(vsn, &data) else {
                 continue;
             };
-            match m.event.as_str() {
-                "phx_reply" if m.ref_.as_deref() == Some(join_ref) => {
-                    if m.payload["status"] != "ok" {
-                        return Err(loadgen::err(format!("join refused: {}", m.payload)));
+            let status_ok = || serde_json::from_str::<ReplyIn>(payload.get()).is_ok_and(|r| r.status == "ok");
+            match event {
+                "phx_reply" if ref_ == Some(join_ref) => {
+                    if !status_ok() {
+                        return Err(loadgen::err(format!("join refused: {}", payload.get())));
                     }
                     let push = loadgen::phoenix_text(
                         vsn,
@@ -343,12 +390,12 @@ async fn run_client(i: usize, ws: loadgen::Ws, vsn: Vsn, shared: &Shared, phase:
                     );
                     loadgen::send_text(&writer, push).await?;
                 }
-                "phx_reply" if m.payload["status"] != "ok" => {
-                    return Err(loadgen::err(format!("push refused: {}", m.payload)));
+                "phx_reply" if !status_ok() => {
+                    return Err(loadgen::err(format!("push refused: {}", payload.get())));
                 }
-                "presence_state" => view.state(&m.payload),
-                "presence_diff" => view.diff(&m.payload),
-                "phx_error" | "phx_close" => return Err(loadgen::err(format!("{}: {}", m.event, m.payload))),
+                "presence_state" => view.state(payload)?,
+                "presence_diff" => view.diff_raw(payload)?,
+                "phx_error" | "phx_close" => return Err(loadgen::err(format!("{event}: {}", payload.get()))),
                 _ => {}
             }
             let target = *phase.borrow();
