@@ -174,7 +174,19 @@ async fn main() -> Res<()> {
         w.ok_p99_ms,
         w.describe()
     );
+    let cpu_ratio = if sr.per_server_cpu_s() > 0.0 {
+        Some(rt.per_server_cpu_s() / sr.per_server_cpu_s())
+    } else {
+        None
+    };
+    let summary = format!(
+        "{summary}; deliveries per server CPU-second: {:.0} vs {:.0} (ratio {})",
+        rt.per_server_cpu_s(),
+        sr.per_server_cpu_s(),
+        cpu_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into())
+    );
     let record = json!({
+        "cpu_efficiency_ratio": cpu_ratio,
         "scenario": "sockudo",
         "topics": w.topics,
         "subscribers_per_topic": w.subscribers,

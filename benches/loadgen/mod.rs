@@ -900,6 +900,17 @@ impl FanoutResult {
         self.best().map(|s| s.deliveries_per_s).unwrap_or(0.0)
     }
 
+    /// Deliveries per CPU-second of the server over all steps: an efficiency figure that a
+    /// busy machine disturbs far less than latency.
+    pub fn per_server_cpu_s(&self) -> f64 {
+        let cpu: f64 = self.steps.iter().map(|s| s.server_cpu_s).sum();
+        if cpu > 0.0 {
+            self.total_delivered() as f64 / cpu
+        } else {
+            0.0
+        }
+    }
+
     pub fn total_delivered(&self) -> u64 {
         self.steps.iter().map(|s| s.delivered).sum()
     }
@@ -913,6 +924,7 @@ impl FanoutResult {
             "p99_ms": b.map(|s| s.p99_ms),
             "at_rate": b.map(|s| s.rate),
             "delivered_total": self.total_delivered(),
+            "deliveries_per_server_cpu_s": self.per_server_cpu_s().round(),
             "connect_secs": self.connect_secs,
             "server_rss_kb_joined": self.rss_kb_joined,
             "server_rss_kb_after": self.rss_kb_after,
