@@ -145,9 +145,17 @@ async fn session(
     let mut ack_due: Option<Instant> = None;
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.tick().await;
+    let mut shutdown = app.shutdown.clone();
     loop {
         let ack_at = ack_due.unwrap_or_else(|| Instant::now() + STATUS_EVERY);
         tokio::select! {
+            // Acknowledge what was delivered before the process exits, so a restart does
+            // not deliver it again.
+            _ = shutdown.changed() => {
+                stream.send_status().await?;
+                info!("messages replication: last delivered position acknowledged for shutdown");
+                std::future::pending::<()>().await;
+            }
             msg = stream.recv() => match msg? {
                 ReplicationMessage::XLogData { data, end, .. } => {
                     STATS.server_wal_end(end.0);

@@ -140,6 +140,17 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.start_kill();
     }
+
+    /// Sends SIGTERM (a graceful shutdown) and waits up to `within` for the process to
+    /// exit; returns its exit status.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id()?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .ok()?;
+        tokio::time::timeout(within, self.child.wait()).await.ok()?.ok()
+    }
 }
 
 /// An HS256 JWT for `role`, expiring `exp_in` seconds from now (negative = expired).
