@@ -166,8 +166,15 @@ pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound<'_>, ProtocolErro
     let event = utf8(take(event_len)?)?;
     let metadata = take(meta_len)?;
     let body = rest;
-    if encoding == Encoding::Json && serde_json::from_slice::<IgnoredAny>(body).is_err() {
-        // Receivers JSON.parse this; forwarding garbage would break their socket handler.
+    // Receivers JSON.parse this; forwarding garbage would break their socket handler, and
+    // V1 receivers get it inside a text frame, which must be UTF-8 (a client closes the
+    // socket on a text frame that is not) and decode like any other. serde_json skips
+    // over strings without checking their UTF-8 or surrogates, hence the explicit checks.
+    if encoding == Encoding::Json
+        && (std::str::from_utf8(body).is_err()
+            || serde_json::from_slice::<IgnoredAny>(body).is_err()
+            || has_lone_surrogate(body))
+    {
         return Err(ProtocolError::InvalidJsonPayload);
     }
     Ok(Inbound {
@@ -437,6 +444,43 @@ mod tests {
             decode_binary(Vsn::V2, &frame).unwrap_err(),
             ProtocolError::InvalidJsonPayload
         );
+    }
+
+    #[test]
+    fn binary_json_payload_must_not_hold_lone_surrogates() {
+        // topic "t", event "e", JSON encoding, body ["\ud800"]
+        let mut frame = vec![3, 0, 0, 1, 1, 0, 1, b't', b'e'];
+        frame.extend_from_slice(br#"["\ud800"]"#);
+        assert_eq!(
+            decode_binary(Vsn::V2, &frame).unwrap_err(),
+            ProtocolError::InvalidJsonPayload
+        );
+        // A binary (encoding 0) body is opaque bytes.
+        frame[6] = 0;
+        assert!(decode_binary(Vsn::V2, &frame).is_ok());
+    }
+
+    #[test]
+    fn binary_json_payload_must_be_utf8() {
+        // Found by fuzz/frame_v2_binary: the docs' type-3 frame with "Hello, " turned into
+        // "Hello\xca\xdf" inside a JSON string. serde_json skips the string without checking
+        // its UTF-8, so the frame decoded and V1 receivers got a text frame that is not
+        // UTF-8, which makes their client close the socket.
+        let crash = hex(concat!(
+            "030201120a00013130317265616c74696d653a636861742d726f6f6d757365722d6576656e747b22",
+            "636f6e74656e74223a2248656c6c6fcadf576f726c6421222c22637265617465644174223a223031",
+            "38342d31312d31375432313a31343a31345a222c226964223a2239623832333334392d373163302d",
+            "343635622d396138332d613632616132613961653664222c22757365726e616d65223a2256435348",
+            "4c443535366e51442d422d7655544a4a33227d",
+        ));
+        assert_eq!(
+            decode_binary(Vsn::V2, &crash).unwrap_err(),
+            ProtocolError::InvalidJsonPayload
+        );
+        // The same bytes with encoding 0 are an opaque binary payload.
+        let mut binary = crash.clone();
+        binary[6] = 0;
+        assert!(decode_binary(Vsn::V2, &binary).is_ok());
     }
 
     pub(crate) fn hex(s: &str) -> Vec<u8> {
