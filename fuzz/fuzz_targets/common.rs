@@ -89,9 +89,15 @@ pub fn check_broadcast(b: &BroadcastMessage, topic: &str) {
                 // Any depth: the server never parses broadcast payloads, Supabase's Jason
                 // takes any depth, so Value's recursion limit does not apply.
                 if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                    panic!("broadcast for {vsn:?} is not JSON ({e}): {:?}", String::from_utf8_lossy(bytes));
+                    panic!(
+                        "broadcast for {vsn:?} is not JSON ({e}): {:?}",
+                        String::from_utf8_lossy(bytes)
+                    );
                 }
-                assert!(std::str::from_utf8(bytes).is_ok(), "text frame for {vsn:?} is not UTF-8");
+                assert!(
+                    std::str::from_utf8(bytes).is_ok(),
+                    "text frame for {vsn:?} is not UTF-8"
+                );
                 let m = decode_text(vsn, bytes).expect("a broadcast frame decodes");
                 assert_eq!(m.topic, topic);
                 assert_eq!(m.event, "broadcast");
@@ -131,7 +137,9 @@ pub fn check_join(join: &JoinRequest) {
     let bindings = &join.config.postgres_changes;
     let reply = join_reply_response(bindings);
     let reply: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("join reply is not JSON ({e}): {reply}"));
-    let list = reply["postgres_changes"].as_array().expect("postgres_changes is a list");
+    let list = reply["postgres_changes"]
+        .as_array()
+        .expect("postgres_changes is a list");
     assert_eq!(list.len(), bindings.len());
     for (echoed, binding) in list.iter().zip(bindings) {
         let id = binding_id(binding);

@@ -47,7 +47,14 @@ fuzz_target!(|data: &[u8]| {
         len(metadata),
         u8::from(encoding == Encoding::Json),
     ];
-    for part in [join_ref.as_bytes(), ref_.as_bytes(), msg.topic.as_bytes(), event.as_bytes(), metadata, body] {
+    for part in [
+        join_ref.as_bytes(),
+        ref_.as_bytes(),
+        msg.topic.as_bytes(),
+        event.as_bytes(),
+        metadata,
+        body,
+    ] {
         frame.extend_from_slice(part);
     }
     assert_eq!(frame, data, "decode → encode is not the identity");

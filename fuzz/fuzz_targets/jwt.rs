@@ -34,7 +34,10 @@ fn verifier() -> &'static Verifier {
 
 fn check_accepted(claims: &Claims) {
     assert!(claims.exp > NOW, "accepted an expired token: {claims:?}");
-    assert_eq!(claims.raw.get("role").and_then(Value::as_str), Some(claims.role.as_str()));
+    assert_eq!(
+        claims.raw.get("role").and_then(Value::as_str),
+        Some(claims.role.as_str())
+    );
     assert_eq!(claims.raw.get("exp").and_then(Value::as_i64), Some(claims.exp));
 }
 
@@ -62,7 +65,9 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, data)) = data.split_first() else { return };
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
     match mode % 3 {
         0 => {
             let token = String::from_utf8_lossy(data);
