@@ -5,12 +5,15 @@
 #  2. cargo build --release --bin realtime  (the binary the client suites start)
 #  3. JS suite   — unmodified @supabase/supabase-js 2.119.0 on Node 22 (tests/js, `npm test`)
 #  4. Python suite — PyPI realtime 2.34.1 (tests/py, pytest in .venv)
+#  5. Fuzzing — scripts/fuzz.sh: every cargo-fuzz target (fuzz/, wal/fuzz/) for
+#     FUZZ_SECONDS (default 5) seconds each; each target counts as one test
 #
 # Every suite runs even if an earlier one failed (except when the binary cannot
 # be built); the last line is "Total: N passed, N failed" and the exit status is
 # non-zero if anything failed.
 #
-# Env: SKIP_CARGO_TEST=1 skips step 1 (for iterating on the client suites).
+# Env: SKIP_CARGO_TEST=1 skips step 1 (for iterating on the client suites);
+#      SKIP_FUZZ=1 skips step 5; FUZZ_SECONDS sets its per-target budget.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -132,6 +135,24 @@ if [[ $rc -ne 0 ]]; then
   [[ $f -eq 0 ]] && f=1
 fi
 add_counts python "$p" "$f" "$s"
+
+# ---------------------------------------------------------------- 5. fuzzing
+if [[ "${SKIP_FUZZ:-0}" != "1" ]]; then
+  step "fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-5} s per target)"
+  rc=0
+  run_logged "$LOG_DIR/fuzz.log" bash scripts/fuzz.sh "${FUZZ_SECONDS:-5}" || rc=$?
+  # one line per target: "fuzz: <target> ok (...)" / "fuzz: <target> FAILED (...)"
+  read -r p f < <(awk '
+      /^fuzz: [^ ]+ ok /     { p++ }
+      /^fuzz: [^ ]+ FAILED / { f++ }
+      END { print p+0, f+0 }' "$LOG_DIR/fuzz.log")
+  if [[ $rc -ne 0 ]]; then
+    FAILED_STEPS+=("fuzzing (exit $rc)")
+    # e.g. cargo-fuzz could not be installed: no per-target line
+    [[ $f -eq 0 ]] && f=1
+  fi
+  add_counts fuzz "$p" "$f" 0
+fi
 
 # ---------------------------------------------------------------- summary
 printf '\n==> summary\n'

@@ -83,9 +83,27 @@ pub struct Inbound<'a> {
 }
 
 /// Decodes a text frame for the socket's version.
+///
+/// Refused like Supabase's decoder (Jason, then Phoenix's `from_map!`) refuses them: text
+/// that is not JSON, a V1 frame that is not an object, and JSON holding a `\u` escape of
+/// a lone UTF-16 surrogate anywhere (serde_json rejects those in strings it decodes, but
+/// not inside the raw payload, which would then reach other clients as sent).
 pub fn decode_text(vsn: Vsn, text: &[u8]) -> Result<Inbound<'_>, ProtocolError> {
+    let msg = decode_text_shape(vsn, text)?;
+    if has_lone_surrogate(text) {
+        return Err(ProtocolError::InvalidJson("lone UTF-16 surrogate escape".into()));
+    }
+    Ok(msg)
+}
+
+fn decode_text_shape(vsn: Vsn, text: &[u8]) -> Result<Inbound<'_>, ProtocolError> {
     match vsn {
         Vsn::V1 => {
+            // serde's derived struct decoding also takes a sequence in field order;
+            // Phoenix's V1 decoder only takes a map.
+            if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ProtocolError::InvalidJson("a V1 frame must be a JSON object".into()));
+            }
             let obj: V1Object<'_> =
                 serde_json::from_slice(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
             Ok(Inbound {
@@ -148,8 +166,15 @@ pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound<'_>, ProtocolErro
     let event = utf8(take(event_len)?)?;
     let metadata = take(meta_len)?;
     let body = rest;
-    if encoding == Encoding::Json && serde_json::from_slice::<IgnoredAny>(body).is_err() {
-        // Receivers JSON.parse this; forwarding garbage would break their socket handler.
+    // Receivers JSON.parse this; forwarding garbage would break their socket handler, and
+    // V1 receivers get it inside a text frame, which must be UTF-8 (a client closes the
+    // socket on a text frame that is not) and decode like any other. serde_json skips
+    // over strings without checking their UTF-8 or surrogates, hence the explicit checks.
+    if encoding == Encoding::Json
+        && (std::str::from_utf8(body).is_err()
+            || serde_json::from_slice::<IgnoredAny>(body).is_err()
+            || has_lone_surrogate(body))
+    {
         return Err(ProtocolError::InvalidJsonPayload);
     }
     Ok(Inbound {
@@ -164,6 +189,39 @@ pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound<'_>, ProtocolErro
             body,
         },
     })
+}
+
+/// True when `json` (text serde_json already accepted, so every escape is well formed)
+/// holds a `\uD800`–`\uDFFF` escape that is not a high surrogate followed by a low one.
+fn has_lone_surrogate(json: &[u8]) -> bool {
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(json.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(offset) = json.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'\\')) {
+        let at = i + offset;
+        if json.get(at + 1) != Some(&b'u') {
+            // `\\`, `\"`, `\n`, ...: skip the escaped character.
+            i = at + 2;
+            continue;
+        }
+        let Some(unit) = hex4(at + 2) else { return false };
+        match unit {
+            0xD800..=0xDBFF => {
+                let low = (json.get(at + 6..at + 8) == Some(&b"\\u"[..]))
+                    .then(|| hex4(at + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return true;
+                }
+                i = at + 12;
+            }
+            0xDC00..=0xDFFF => return true,
+            _ => i = at + 6,
+        }
+    }
+    false
 }
 
 fn utf8(b: &[u8]) -> Result<&str, ProtocolError> {
@@ -289,6 +347,66 @@ mod tests {
     }
 
     #[test]
+    fn v1_takes_only_an_object() {
+        // Field order as a sequence is what serde's derive would take; Phoenix does not.
+        for bad in [
+            &br#"["phoenix","heartbeat",{},"1"]"#[..],
+            br#"["phoenix","heartbeat",{},"1",null]"#,
+            br#" ["phoenix","heartbeat",{},null]"#,
+        ] {
+            assert!(decode_text(Vsn::V1, bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let ok = decode_text(
+            Vsn::V1,
+            b" \r\n\t{\"topic\":\"phoenix\",\"event\":\"heartbeat\",\"payload\":{},\"ref\":null}",
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_refused_anywhere() {
+        for vsn in [Vsn::V1, Vsn::V2] {
+            // `extra`: a value in an ignored place (an unknown V1 key, a trailing V2 element).
+            let frame = |topic: &str, payload: &str, extra: &str| match (vsn, extra) {
+                (Vsn::V1, "") => format!(r#"{{"topic":"{topic}","event":"e","payload":{payload},"ref":null}}"#),
+                (Vsn::V1, _) => {
+                    format!(r#"{{"topic":"{topic}","event":"e","payload":{payload},"ref":null,"x":{extra}}}"#)
+                }
+                (Vsn::V2, "") => format!(r#"[null,null,"{topic}","e",{payload}]"#),
+                (Vsn::V2, _) => format!(r#"[null,null,"{topic}","e",{payload},{extra}]"#),
+            };
+            for (topic, payload, extra) in [
+                (r"t\ud800", "{}", ""),
+                ("t", r#"{"a":"\ud800"}"#, ""),
+                ("t", r#"{"a":"\uDBFF"}"#, ""),
+                ("t", r#"{"a":"\udc00"}"#, ""),
+                ("t", r#"{"a":"\ud800\u0041"}"#, ""),
+                ("t", r#"{"a":"\ud800\n"}"#, ""),
+                ("t", r#"{"a":"x\ud83d"}"#, ""),
+                ("t", r#"{"\udfff":1}"#, ""),
+                ("t", r#"["\\\ud800"]"#, ""),
+                ("t", "{}", r#""\ud800""#),
+                ("t", "{}", r#"{"y":["\udbff"]}"#),
+            ] {
+                let f = frame(topic, payload, extra);
+                assert!(decode_text(vsn, f.as_bytes()).is_err(), "{vsn:?} {f}");
+            }
+            for payload in [
+                r#"{"a":"\ud83d\ude00"}"#,
+                r#"{"a":"\uD83D\uDE00\u00e9"}"#,
+                r#"{"a":"\\ud800"}"#,
+                r#"{"a":"\\\\ud800"}"#,
+                r#"{"a":"\"\\","b":"\ud7ff\ue000"}"#,
+            ] {
+                let f = frame("t", payload, "");
+                let m = decode_text(vsn, f.as_bytes()).unwrap_or_else(|e| panic!("{vsn:?} {f}: {e}"));
+                let Payload::Json(p) = m.payload else { panic!() };
+                assert_eq!(p.get(), payload);
+            }
+        }
+    }
+
+    #[test]
     fn binary_on_v1_is_refused() {
         assert_eq!(decode_binary(Vsn::V1, &[3]).unwrap_err(), ProtocolError::BinaryOnV1);
     }
@@ -326,6 +444,43 @@ mod tests {
             decode_binary(Vsn::V2, &frame).unwrap_err(),
             ProtocolError::InvalidJsonPayload
         );
+    }
+
+    #[test]
+    fn binary_json_payload_must_not_hold_lone_surrogates() {
+        // topic "t", event "e", JSON encoding, body ["\ud800"]
+        let mut frame = vec![3, 0, 0, 1, 1, 0, 1, b't', b'e'];
+        frame.extend_from_slice(br#"["\ud800"]"#);
+        assert_eq!(
+            decode_binary(Vsn::V2, &frame).unwrap_err(),
+            ProtocolError::InvalidJsonPayload
+        );
+        // A binary (encoding 0) body is opaque bytes.
+        frame[6] = 0;
+        assert!(decode_binary(Vsn::V2, &frame).is_ok());
+    }
+
+    #[test]
+    fn binary_json_payload_must_be_utf8() {
+        // Found by fuzz/frame_v2_binary: the docs' type-3 frame with "Hello, " turned into
+        // "Hello\xca\xdf" inside a JSON string. serde_json skips the string without checking
+        // its UTF-8, so the frame decoded and V1 receivers got a text frame that is not
+        // UTF-8, which makes their client close the socket.
+        let crash = hex(concat!(
+            "030201120a00013130317265616c74696d653a636861742d726f6f6d757365722d6576656e747b22",
+            "636f6e74656e74223a2248656c6c6fcadf576f726c6421222c22637265617465644174223a223031",
+            "38342d31312d31375432313a31343a31345a222c226964223a2239623832333334392d373163302d",
+            "343635622d396138332d613632616132613961653664222c22757365726e616d65223a2256435348",
+            "4c443535366e51442d422d7655544a4a33227d",
+        ));
+        assert_eq!(
+            decode_binary(Vsn::V2, &crash).unwrap_err(),
+            ProtocolError::InvalidJsonPayload
+        );
+        // The same bytes with encoding 0 are an opaque binary payload.
+        let mut binary = crash.clone();
+        binary[6] = 0;
+        assert!(decode_binary(Vsn::V2, &binary).is_ok());
     }
 
     pub(crate) fn hex(s: &str) -> Vec<u8> {

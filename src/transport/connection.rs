@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role};
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use realtime_protocol::{Vsn, WireFrame};
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::guard::FrameGuard;
+use super::guard::{FrameGuard, MessageTooBig};
 use super::outbox::{Closed, Outbox, Outgoing};
 use crate::app::{now_ms, App};
 use crate::channel::Session;
@@ -30,6 +30,8 @@ enum Incoming {
     Binary(Bytes),
     /// A control frame arrived (ping or pong): the peer is alive.
     Alive,
+    /// The client broke the WebSocket protocol; the reader has stopped.
+    Broken(End),
 }
 
 /// Why the connection ended; becomes the close frame sent to the client.
@@ -47,6 +49,12 @@ enum End {
     Shutdown,
     /// A limit ends the connection (e.g. joins per second: 1001).
     Limit(u16, &'static str),
+    /// A message over the size limit.
+    TooBig,
+    /// A text message that is not UTF-8.
+    NotUtf8,
+    /// Any other WebSocket protocol violation (bad fragments, reserved bits, ...).
+    Protocol,
 }
 
 impl End {
@@ -59,6 +67,9 @@ impl End {
             End::Slow => "slow",
             End::Shutdown => "shutdown",
             End::Limit(..) => "limit",
+            End::TooBig => "too_big",
+            End::NotUtf8 => "not_utf8",
+            End::Protocol => "protocol",
         }
     }
 
@@ -71,6 +82,10 @@ impl End {
             // Supabase's service-restart code; clients reconnect.
             End::Shutdown => Some((1012, "server shutting down")),
             End::Limit(code, reason) => Some((code, reason)),
+            // The codes Cowboy (Supabase's WebSocket server) closes with, without a reason.
+            End::TooBig => Some((1009, "")),
+            End::NotUtf8 => Some((1007, "")),
+            End::Protocol => Some((1002, "")),
         }
     }
 }
@@ -140,12 +155,32 @@ where
             },
             Err(e) => {
                 debug!(error = %e, "read ended");
+                if let Some(end) = broken(&e) {
+                    info!(error = %e, "closing a connection that broke the WebSocket protocol");
+                    let _ = tx.send(Incoming::Broken(end)).await;
+                }
                 return;
             }
         };
         if tx.send(incoming).await.is_err() {
             return;
         }
+    }
+}
+
+/// The close a read error calls for, or `None` when the peer simply went away.
+fn broken(e: &WebSocketError) -> Option<End> {
+    match e {
+        WebSocketError::IoError(io) if io.get_ref().is_some_and(|inner| inner.is::<MessageTooBig>()) => {
+            Some(End::TooBig)
+        }
+        WebSocketError::FrameTooLarge => Some(End::TooBig),
+        WebSocketError::InvalidUTF8 => Some(End::NotUtf8),
+        WebSocketError::IoError(_)
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::SendError(_) => None,
+        _ => Some(End::Protocol),
     }
 }
 
@@ -224,6 +259,7 @@ where
                         session.handle_binary(&bytes).await;
                     }
                     Incoming::Alive => {}
+                    Incoming::Broken(end) => return end,
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

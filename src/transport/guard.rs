@@ -13,6 +13,18 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+/// The read error for a message over the limit (the connection closes with 1009).
+#[derive(Debug)]
+pub struct MessageTooBig(pub u64);
+
+impl std::fmt::Display for MessageTooBig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebSocket message over {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for MessageTooBig {}
+
 /// Where the guard is in the frame stream.
 #[derive(Debug)]
 enum State {
@@ -86,7 +98,7 @@ impl<R> FrameGuard<R> {
                         crate::observability::metrics::frame_too_large(self.max_message);
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            format!("WebSocket message over {} bytes", self.max_message),
+                            MessageTooBig(self.max_message),
                         ));
                     }
                     self.state = if len == 0 {
