@@ -13,7 +13,7 @@ results=${BENCH_RESULTS:-$(mktemp)}
 export BENCH_RESULTS=$results
 : >"$results"
 
-cargo bench --no-run --bench fanout --bench fanout_bare --bench idle_memory --bench presence
+cargo bench --no-run --bench fanout --bench fanout_bare --bench idle_memory --bench presence --bench postgres_changes
 
 failed=()
 run() {
@@ -22,10 +22,14 @@ run() {
 	echo "== bench-smoke: $name"
 	local before
 	before=$(wc -l <"$results")
-	if ! timeout 120 cargo bench -q "$@"; then
+	if ! timeout 180 cargo bench -q "$@"; then
 		failed+=("$name (exit)")
+		echo "bench-smoke: $name FAILED (exit)"
 	elif [ "$(wc -l <"$results")" -le "$before" ]; then
 		failed+=("$name (no record)")
+		echo "bench-smoke: $name FAILED (no record)"
+	else
+		echo "bench-smoke: $name ok"
 	fi
 }
 
@@ -35,8 +39,9 @@ run "fanout_bare 1x50" --bench fanout_bare -- --subscribers 50 --rates 200,1000 
 run "idle_memory 500" --bench idle_memory -- --connections 500 --settle-secs 1
 run "presence 50" --bench presence -- --clients 50 --timeout-secs 60
 run "presence 50 v1" --bench presence -- --clients 50 --vsn 1.0.0 --timeout-secs 60
+PG_BENCH_SMOKE=1 run "postgres_changes smoke" --bench postgres_changes
 
-for scenario in fanout fanout_bare idle_memory presence; do
+for scenario in fanout fanout_bare idle_memory presence postgres_changes; do
 	if ! grep -q "\"scenario\":\"$scenario\"" "$results"; then
 		failed+=("$scenario (record missing)")
 	fi

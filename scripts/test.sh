@@ -7,6 +7,7 @@
 #  4. Python suite — PyPI realtime 2.34.1 (tests/py, pytest in .venv)
 #  5. Fuzzing — scripts/fuzz.sh: every cargo-fuzz target (fuzz/, wal/fuzz/) for
 #     FUZZ_SECONDS (default 5) seconds each; each target counts as one test
+#  6. Benchmark smoke — scripts/bench-smoke.sh: every scenario briefly, harness only
 #
 # Every suite runs even if an earlier one failed (except when the binary cannot
 # be built); the last line is "Total: N passed, N failed" and the exit status is
@@ -152,6 +153,24 @@ if [[ "${SKIP_FUZZ:-0}" != "1" ]]; then
     [[ $f -eq 0 ]] && f=1
   fi
   add_counts fuzz "$p" "$f" 0
+fi
+
+# ---------------------------------------------------------------- 6. benchmark smoke
+# Every benchmark scenario (but Sockudo) for a few seconds at small scale: checks the
+# harness works, never the figures.
+if [[ "${SKIP_BENCH_SMOKE:-0}" != "1" ]]; then
+  step "benchmark harness smoke (scripts/bench-smoke.sh)"
+  rc=0
+  run_logged "$LOG_DIR/bench.log" bash scripts/bench-smoke.sh || rc=$?
+  read -r p f < <(awk '
+      /^bench-smoke: .* ok$/        { p++ }
+      /^bench-smoke: .* FAILED \(/ { f++ }
+      END { print p+0, f+0 }' "$LOG_DIR/bench.log")
+  if [[ $rc -ne 0 ]]; then
+    FAILED_STEPS+=("benchmark smoke (exit $rc)")
+    [[ $f -eq 0 ]] && f=1
+  fi
+  add_counts bench "$p" "$f" 0
 fi
 
 # ---------------------------------------------------------------- summary
