@@ -123,7 +123,7 @@ for entry in "${CRATES[@]}"; do
       if [[ -n "$crash" && -f "$crash" ]]; then
         echo "--- crashing input ($crash), hex:"
         od -An -tx1 -v "$crash" | head -n 64
-        SUMMARY+=("fuzz: $t FAILED (crash: $crash)")
+        SUMMARY+=("fuzz: $t FAILED (crash: $crash, cpu $cpu s)")
       else
         SUMMARY+=("fuzz: $t FAILED (exit $rc)")
       fi

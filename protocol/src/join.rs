@@ -236,6 +236,24 @@ mod tests {
     }
 
     #[test]
+    fn numbers_in_bindings_are_echoed_exactly() {
+        // Found by fuzz/join: serde_json's default float parser read 7.333333334334373e38
+        // one ulp low, so the reply echoed 7.333333334334372e38, not what the client sent
+        // (Supabase echoes the exact value). The workspace enables `float_roundtrip`.
+        let j = JoinRequest::parse(
+            br#"{"config":{"postgres_changes":[{"schema":"public","selfid":7.333333334334373e38,"x":733333333433437333333333333337333332337.3}]}}"#,
+        );
+        let reply = join_reply_response(&j.config.postgres_changes);
+        assert!(reply.contains(r#""selfid":7.333333334334373e+38"#), "{reply}");
+        assert!(reply.contains(r#""x":7.333333334334373e+38"#), "{reply}");
+        let again: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(
+            again["postgres_changes"][0]["selfid"],
+            j.config.postgres_changes[0]["selfid"]
+        );
+    }
+
+    #[test]
     fn empty_bindings_reply() {
         // samples/join-reply-no-postgres.txt
         assert_eq!(join_reply_response(&[]), r#"{"postgres_changes":[]}"#);
