@@ -234,13 +234,7 @@ impl History {
                 at_us: r.get(1),
                 body: match r.get::<_, Option<String>>(2) {
                     Some(map) => StoredBody::Map(Bytes::from(map)),
-                    None => StoredBody::User {
-                        event: r.get(3),
-                        payload: match r.get::<_, Option<String>>(4) {
-                            Some(json) => Ok(Bytes::from(json)),
-                            None => Err(Bytes::from(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default())),
-                        },
-                    },
+                    None => StoredBody::user(r.get(3), r.get(4), r.get(5)),
                 },
             })
             .collect();

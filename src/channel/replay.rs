@@ -48,6 +48,19 @@ pub enum StoredBody {
     Map(Bytes),
 }
 
+impl StoredBody {
+    /// A user broadcast from stored columns: the JSON payload's text, else the bytes.
+    pub fn user(event: String, json: Option<String>, binary: Option<Vec<u8>>) -> StoredBody {
+        StoredBody::User {
+            event,
+            payload: match json {
+                Some(json) => Ok(Bytes::from(json)),
+                None => Err(Bytes::from(binary.unwrap_or_default())),
+            },
+        }
+    }
+}
+
 /// Reads the newest `limit` messages of `realtime.messages` for `topic` (without
 /// `realtime:`) since `since_ms` with the given privacy, oldest first.
 pub async fn load(
@@ -74,13 +87,7 @@ pub async fn load(
         .map(|r| Stored {
             id: Arc::from(r.get::<_, String>(0)),
             at_us: r.get(1),
-            body: StoredBody::User {
-                event: r.get(2),
-                payload: match r.get::<_, Option<String>>(3) {
-                    Some(json) => Ok(Bytes::from(json)),
-                    None => Err(Bytes::from(r.get::<_, Option<Vec<u8>>>(4).unwrap_or_default())),
-                },
-            },
+            body: StoredBody::user(r.get(2), r.get(3), r.get(4)),
         })
         .collect();
     out.reverse();

@@ -31,21 +31,46 @@ impl Server {
 
     /// Starts the binary with test-friendly settings plus `env`.
     pub async fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::spawn(env, false).await.0
+    }
+
+    /// Spawns the binary and waits for its listening line. With `capture`, every stderr
+    /// line is also sent on the returned channel (and echoed to this process' stderr).
+    async fn spawn(
+        env: &[(&str, &str)],
+        capture: bool,
+    ) -> (Server, Option<tokio::sync::mpsc::UnboundedReceiver<String>>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime"));
+        let log = if capture {
+            "warn".to_owned()
+        } else {
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())
+        };
         cmd.env_clear()
             .env("PORT", "0")
             .env("JWT_SECRET", SECRET)
             .env("CONNECT_ERROR_BACKOFF_MS", "0")
             .env("CHANNEL_ERROR_BACKOFF_MS", "0")
             .env("REPLICATION_START_DELAY_MS", "0")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn realtime");
+        let captured = child.stderr.take().map(|stderr| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[server] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
@@ -60,7 +85,7 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server { child, port }
+        (Server { child, port }, captured)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -339,43 +364,8 @@ impl Server {
     pub async fn start_capturing_stderr(
         env: &[(&str, &str)],
     ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime"));
-        cmd.env_clear()
-            .env("PORT", "0")
-            .env("JWT_SECRET", SECRET)
-            .env("CONNECT_ERROR_BACKOFF_MS", "0")
-            .env("CHANNEL_ERROR_BACKOFF_MS", "0")
-            .env("REPLICATION_START_DELAY_MS", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn realtime");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[server] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("server did not start in time")
-            .expect("read stdout")
-            .expect("server exited before listening");
-        let port = line
-            .strip_prefix("realtime-rs listening on ")
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (Server { child, port }, rx)
+        let (server, rx) = Server::spawn(env, true).await;
+        let rx = rx.expect("stderr is captured");
+        (server, rx)
     }
 }
