@@ -62,7 +62,9 @@ impl StoredBody {
 }
 
 /// Reads the newest `limit` messages of `realtime.messages` for `topic` (without
-/// `realtime:`) since `since_ms` with the given privacy, oldest first.
+/// `realtime:`) since `since_ms` with the given privacy, oldest first. Rows of one
+/// transaction share `inserted_at`; among them the physical order (`ctid`) is the
+/// insertion order, so a replay keeps the order they were sent in.
 pub async fn load(
     pool: &Pool,
     topic: &str,
@@ -78,7 +80,7 @@ pub async fn load(
              where topic = $1 and private = $4 and extension = 'broadcast' \
                and inserted_at >= to_timestamp($2::float8 / 1000) at time zone 'utc' \
                and inserted_at < timezone('utc', now()) + interval '1 minute' \
-             order by inserted_at desc limit $3",
+             order by inserted_at desc, ctid desc limit $3",
             &[&topic, &(since_ms as f64), &limit, &private],
         )
         .await?;
@@ -97,7 +99,8 @@ pub async fn load(
 /// The newest `limit` of several sources' messages, each id once, oldest first.
 pub fn merge(sources: impl IntoIterator<Item = Vec<Stored>>, limit: i64) -> Vec<Stored> {
     let mut all: Vec<Stored> = sources.into_iter().flatten().collect();
-    all.sort_by(|a, b| a.at_us.cmp(&b.at_us).then_with(|| a.id.cmp(&b.id)));
+    // Stable: rows stored in one transaction share a timestamp and keep their order.
+    all.sort_by_key(|m| m.at_us);
     let mut seen = ahash::AHashSet::new();
     all.retain(|m| seen.insert(m.id.clone()));
     let keep = usize::try_from(limit).unwrap_or(0);
