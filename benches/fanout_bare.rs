@@ -165,30 +165,11 @@ async fn main() -> Res<()> {
     println!("{}", br.summary(&w));
     bare.stop().await;
 
-    let ratio = if br.best_rate() > 0.0 {
-        Some(rt.best_rate() / br.best_rate())
-    } else {
-        None
-    };
-    let summary = format!(
-        "realtime-rs ÷ bare = {} ({:.0} vs {:.0} deliveries/s at p99 ≤ {} ms, {})",
-        ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into()),
-        rt.best_rate(),
-        br.best_rate(),
-        w.ok_p99_ms,
-        w.describe()
-    );
-    let cpu_ratio = if br.per_server_cpu_s() > 0.0 {
-        Some(rt.per_server_cpu_s() / br.per_server_cpu_s())
-    } else {
-        None
-    };
-    let summary = format!(
-        "{summary}; deliveries per server CPU-second: {:.0} vs {:.0} (ratio {})",
-        rt.per_server_cpu_s(),
-        br.per_server_cpu_s(),
-        cpu_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into())
-    );
+    let loadgen::Comparison {
+        summary,
+        ratio,
+        cpu_ratio,
+    } = loadgen::compare(&rt, &br, "bare", &w);
     let record = json!({
         "cpu_efficiency_ratio": cpu_ratio,
         "scenario": "fanout_bare",

@@ -161,30 +161,11 @@ async fn main() -> Res<()> {
     println!("{}", sr.summary(&w));
     sk.stop().await;
 
-    let ratio = if sr.best_rate() > 0.0 {
-        Some(rt.best_rate() / sr.best_rate())
-    } else {
-        None
-    };
-    let summary = format!(
-        "realtime-rs ÷ sockudo = {} ({:.0} vs {:.0} deliveries/s at p99 ≤ {} ms, {})",
-        ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into()),
-        rt.best_rate(),
-        sr.best_rate(),
-        w.ok_p99_ms,
-        w.describe()
-    );
-    let cpu_ratio = if sr.per_server_cpu_s() > 0.0 {
-        Some(rt.per_server_cpu_s() / sr.per_server_cpu_s())
-    } else {
-        None
-    };
-    let summary = format!(
-        "{summary}; deliveries per server CPU-second: {:.0} vs {:.0} (ratio {})",
-        rt.per_server_cpu_s(),
-        sr.per_server_cpu_s(),
-        cpu_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into())
-    );
+    let loadgen::Comparison {
+        summary,
+        ratio,
+        cpu_ratio,
+    } = loadgen::compare(&rt, &sr, "sockudo", &w);
     let record = json!({
         "cpu_efficiency_ratio": cpu_ratio,
         "scenario": "sockudo",

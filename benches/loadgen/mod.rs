@@ -948,6 +948,39 @@ impl FanoutResult {
 }
 
 /// Runs the rising-rate fan-out against a server on `port` (RSS read from `pid`).
+/// realtime-rs against another server on the same workload: the summary line, the
+/// ratio of deliveries/s at the p99 bound, and the ratio of deliveries per server
+/// CPU-second (each `None` when the other server has no figure).
+pub struct Comparison {
+    pub summary: String,
+    pub ratio: Option<f64>,
+    pub cpu_ratio: Option<f64>,
+}
+
+pub fn compare(rt: &FanoutResult, other: &FanoutResult, other_name: &str, w: &Fanout) -> Comparison {
+    let divide = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let show = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into());
+    let ratio = divide(rt.best_rate(), other.best_rate());
+    let cpu_ratio = divide(rt.per_server_cpu_s(), other.per_server_cpu_s());
+    let summary = format!(
+        "realtime-rs ÷ {other_name} = {} ({:.0} vs {:.0} deliveries/s at p99 ≤ {} ms, {}); \
+         deliveries per server CPU-second: {:.0} vs {:.0} (ratio {})",
+        show(ratio),
+        rt.best_rate(),
+        other.best_rate(),
+        w.ok_p99_ms,
+        w.describe(),
+        rt.per_server_cpu_s(),
+        other.per_server_cpu_s(),
+        show(cpu_ratio)
+    );
+    Comparison {
+        summary,
+        ratio,
+        cpu_ratio,
+    }
+}
+
 pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose: bool) -> Res<FanoutResult> {
     let recorder = Recorder::new()?;
     let stop = Arc::new(AtomicBool::new(false));
