@@ -45,7 +45,7 @@ pub async fn read(
 ) -> Result<Read, tokio_postgres::Error> {
     let _timer = crate::observability::metrics::RlsTimer::start(crate::observability::metrics::Rls::ChannelRead, 1);
     let conn = pool.checkout().await?;
-    let claims_json = serde_json::Value::Object(claims.raw.clone()).to_string();
+    let claims_json: &str = &claims.json;
     let sub = claims.sub.clone().unwrap_or_default();
     let extensions: &[&str] = if with_presence {
         &["broadcast", "presence"]
@@ -86,7 +86,7 @@ pub async fn read(
 pub async fn write(pool: &Pool, topic: &str, claims: &Claims) -> Result<Write, tokio_postgres::Error> {
     let _timer = crate::observability::metrics::RlsTimer::start(crate::observability::metrics::Rls::ChannelWrite, 1);
     let conn = pool.checkout().await?;
-    let claims_json = serde_json::Value::Object(claims.raw.clone()).to_string();
+    let claims_json: &str = &claims.json;
     let sub = claims.sub.clone().unwrap_or_default();
     conn.batch_execute("begin").await?;
     let result = async {

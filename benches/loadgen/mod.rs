@@ -158,7 +158,9 @@ pub async fn start_listening(mut cmd: Command, what: &str) -> Res<Server> {
 
 /// Starts the real `realtime` binary (PORT=0), with `env` on top of the bench settings.
 pub async fn start_realtime(env: &[(&str, &str)]) -> Res<Server> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime"));
+    // REALTIME_BIN runs another build (or a wrapper such as a heap profiler) instead.
+    let bin = std::env::var("REALTIME_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_realtime").into());
+    let mut cmd = Command::new(bin);
     cmd.env("PORT", "0")
         .env("HOST", "127.0.0.1")
         .env("JWT_SECRET", SECRET)

@@ -27,7 +27,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, claims: &Claims) -
         return unprocessable(json!({"messages": [errors::rest::CANT_BE_BLANK]}));
     };
 
-    let max_payload = app.limits.for_claims(&claims.raw).max_payload_bytes();
+    let max_payload = app.limits.for_claims(claims).max_payload_bytes();
     let checked: Vec<Result<Message, Map<String, Value>>> =
         messages.into_iter().map(|m| validate(m, max_payload)).collect();
     if checked.iter().any(Result::is_err) {

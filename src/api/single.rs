@@ -51,7 +51,7 @@ pub(super) async fn handle(
     let Some(mut body) = read_body(req, app.config.max_frame_size).await else {
         return super::too_large();
     };
-    if body.len() > app.limits.for_claims(&claims.raw).max_payload_bytes() {
+    if body.len() > app.limits.for_claims(claims).max_payload_bytes() {
         crate::observability::limit_rejected("payload_size");
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -242,7 +242,8 @@ fn check_claims(mut raw: Map<String, Value>, now: i64) -> Result<Claims, AuthErr
         return Err(AuthError::MissingClaims);
     };
     let sub = raw.get("sub").and_then(Value::as_str).map(str::to_owned);
-    Ok(Claims { role, exp, sub, raw })
+    let json = Arc::from(Value::Object(raw).to_string());
+    Ok(Claims { role, exp, sub, json })
 }
 
 #[cfg(test)]
@@ -316,8 +317,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.exp, 2000);
         assert_eq!(c.sub, None);
-        assert_eq!(c.raw.get("exp"), Some(&json!(2000)));
-        assert_eq!(c.raw.get("iat"), Some(&json!(100)));
-        assert_eq!(c.raw.get("sub"), Some(&json!(7)));
+        assert_eq!(c.get("exp"), Some(json!(2000)));
+        assert_eq!(c.get("iat"), Some(json!(100)));
+        assert_eq!(c.get("sub"), Some(json!(7)));
     }
 }

@@ -20,6 +20,8 @@ mod fixtures;
 #[cfg(test)]
 mod verify_tests;
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -36,8 +38,19 @@ pub struct Claims {
     pub exp: i64,
     /// Claim `sub` when it is a string.
     pub sub: Option<String>,
-    /// Every claim, with decimal `exp`/`iat` rounded as Supabase does, for RLS later.
-    pub raw: Map<String, Value>,
+    /// Every claim as JSON text (`request.jwt.claims` for RLS), with decimal `exp`/`iat`
+    /// rounded as Supabase does. Text, not a map: every channel keeps its claims, and a
+    /// parsed map costs several times the memory.
+    pub json: Arc<str>,
+}
+
+impl Claims {
+    /// One claim, parsed from [`Claims::json`] (for rarely read ones, such as a tier).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        serde_json::from_str::<Map<String, Value>>(&self.json)
+            .ok()?
+            .remove(name)
+    }
 }
 
 /// Why a token was refused. Each variant maps to Supabase's exact texts below.

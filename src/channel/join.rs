@@ -13,7 +13,6 @@ use crate::app::now_ms;
 use crate::authorization;
 use crate::broadcast::history::History;
 use crate::fanout::{Subscriber, TopicKey};
-use crate::postgres_changes::claims_json;
 use crate::postgres_changes::registry::ChannelSubs;
 
 pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
@@ -68,7 +67,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     };
     // Checked after the token (Supabase checks it before) because the token's tier
     // decides the limit.
-    let client_limits = s.app.limits.for_claims(&claims.raw);
+    let client_limits = s.app.limits.for_claims(&claims);
     if s.channels.len() >= client_limits.max_channels_per_client {
         crate::observability::limit_rejected("max_channels_per_client");
         return refuse(s, errors::TOO_MANY_CHANNELS);
@@ -179,7 +178,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     subscribe_postgres_changes(s, &channel);
     debug!(%topic, channel = channel.id, "joined");
     crate::observability::metrics::channel_opened(key.private, channel.pg_bindings.len());
-    s.channels.insert(topic.to_owned(), channel);
+    s.channels.insert(topic.to_owned(), Box::new(channel));
 }
 
 /// Stored messages to replay from the database, oldest first: `realtime.messages` rows of
@@ -219,7 +218,7 @@ pub(super) fn subscribe_postgres_changes(s: &Session, ch: &Channel) {
             vsn: s.vsn,
             outbox: s.outbox.clone(),
             role: ch.claims.role.clone(),
-            claims: claims_json(&ch.claims.raw),
+            claims: ch.claims.json.clone(),
             sub: ch.claims.sub.clone(),
             bindings: ch.pg_bindings.clone(),
             subs: Vec::new(),

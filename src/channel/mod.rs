@@ -60,7 +60,8 @@ pub struct Session {
     outbox: Arc<Outbox>,
     /// The connection's apikey JWT: the fallback token of every join.
     conn_token: String,
-    channels: AHashMap<String, Channel>,
+    /// Boxed: a map allocates several slots, and a Channel is a few hundred bytes.
+    channels: AHashMap<String, Box<Channel>>,
 }
 
 impl Session {
@@ -276,7 +277,7 @@ impl Session {
     }
 
     /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
-    fn close_channel(&self, ch: Channel, notify: bool) {
+    fn close_channel(&self, ch: Box<Channel>, notify: bool) {
         crate::observability::metrics::channel_closed(&ch.key, ch.pg_bindings.len(), notify);
         self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
         if let Some(pg) = &self.app.pg {

@@ -82,9 +82,13 @@ impl Limits {
     }
 
     /// The client limits for a token's claims: its tier's profile, else the global ones.
-    pub fn for_claims(&self, claims: &serde_json::Map<String, Value>) -> Arc<ClientLimits> {
+    pub fn for_claims(&self, claims: &crate::auth::Claims) -> Arc<ClientLimits> {
+        if self.tiers.is_empty() {
+            return self.global.clone();
+        }
         claims
             .get(&self.tier_claim)
+            .as_ref()
             .and_then(Value::as_str)
             .and_then(|tier| self.tiers.get(tier))
             .unwrap_or(&self.global)

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use realtime_protocol::{encode, errors};
-use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::fanout::ChannelId;
@@ -242,9 +241,4 @@ fn system(entry: &ChannelSubs, ok: bool, message: &str) {
         "system",
         &payload,
     ));
-}
-
-/// Claims as `request.jwt.claims` text.
-pub fn claims_json(raw: &Map<String, Value>) -> Arc<str> {
-    Arc::from(Value::Object(raw.clone()).to_string())
 }

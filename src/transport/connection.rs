@@ -1,21 +1,23 @@
-//! One WebSocket connection: a reader task and the connection task.
+//! One WebSocket connection, served by one task.
 //!
-//! fastwebsockets' `read_frame` is not cancel safe, so it runs alone in the reader task,
-//! which forwards whole messages over a small channel. The connection task owns the
-//! [`Session`] (so nothing in it is locked) and selects over: queued outbound messages
-//! (written in one batch per wake-up), inbound messages, timers (liveness pings, idle
-//! timeout, token expiry) and server shutdown.
+//! The task owns the [`Session`] (so nothing in it is locked) and selects over: queued
+//! outbound messages (written in one batch per wake-up), the next inbound frame, timers
+//! (liveness pings, idle timeout, token expiry) and server shutdown.
+//!
+//! fastwebsockets' `read_frame` is not cancel safe, so the read is a boxed future that
+//! lives across loop turns and owns the reading state ([`Reader`]); each completed read
+//! hands the state back for the next. Between frames an idle connection holds no read
+//! buffer: see [`super::guard`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use realtime_protocol::{Vsn, WireFrame};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -24,13 +26,15 @@ use super::outbox::{Closed, Outbox, Outgoing};
 use crate::app::{now_ms, App};
 use crate::channel::Session;
 
-/// What the reader task hands over.
+/// What one read produced.
 enum Incoming {
     Text(Bytes),
     Binary(Bytes),
-    /// A control frame arrived (ping or pong): the peer is alive.
+    /// A control frame or a message fragment arrived: the peer is alive.
     Alive,
-    /// The client broke the WebSocket protocol; the reader has stopped.
+    /// The peer closed the connection or the socket failed.
+    Gone,
+    /// The client broke the WebSocket protocol.
     Broken(End),
 }
 
@@ -97,21 +101,14 @@ pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) 
     debug!(?vsn, "connection opened");
     let outbox = Arc::new(Outbox::new(config.outbound_queue_messages, config.outbound_queue_bytes));
     let (read_half, mut write_half) = tokio::io::split(io);
-    let guarded = FrameGuard::new(read_half, config.max_frame_size);
-    // Frames are written by the connection task in batches, so fastwebsockets' own write
-    // half (one write per frame) is not used; fastwebsockets still formats every header.
-    let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), Role::Server);
-    let (tx, mut rx) = mpsc::channel(16);
-    let reader = tokio::spawn(tracing::Instrument::in_current_span(read_loop(
-        FragmentCollectorRead::new(ws_read),
-        tx,
-        outbox.clone(),
-    )));
-
+    let reader = Reader {
+        guard: FrameGuard::new(read_half, config.max_frame_size),
+        partial: None,
+        max_message: config.max_frame_size,
+        outbox: outbox.clone(),
+    };
     let mut session = Session::new(app.clone(), vsn, outbox.clone(), token);
-    let end = drive(&app, &mut session, &mut rx, &mut write_half, &outbox).await;
-    // A silently dead peer never completes a read: stop the reader explicitly.
-    reader.abort();
+    let end = drive(&app, &mut session, reader, &mut write_half, &outbox).await;
     session.terminate();
     outbox.close();
     // The peer may not be reading (slow consumer): never wait long for it.
@@ -130,41 +127,101 @@ pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) 
     info!(reason = end.name(), "connection closed");
 }
 
-/// Reads whole messages and forwards them. Pings are answered through the outbox.
-async fn read_loop<R>(mut ws: FragmentCollectorRead<R>, tx: mpsc::Sender<Incoming>, outbox: Arc<Outbox>)
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
-    let alive = tx.clone();
-    let mut obligated = |frame: Frame<'_>| {
-        // The frames fastwebsockets obliges us to send: a pong for a ping, or the echo
-        // of a close (the connection ends right after, so that one is not needed).
-        if frame.opcode == OpCode::Pong {
-            outbox.push_control(Outgoing::Pong(Bytes::copy_from_slice(&frame.payload)));
+/// A data message arriving in fragments.
+struct Partial {
+    opcode: OpCode,
+    data: Vec<u8>,
+}
+
+/// The reading state of a connection, moved into each read and handed back by it.
+struct Reader<R> {
+    guard: FrameGuard<R>,
+    /// A fragmented message being assembled.
+    partial: Option<Partial>,
+    max_message: usize,
+    outbox: Arc<Outbox>,
+}
+
+impl<R: AsyncRead + Unpin + Send> Reader<R> {
+    /// Reads the next frame; returns the state for the following read with the result.
+    async fn next(mut self) -> (Self, Incoming) {
+        let incoming = self.read().await;
+        (self, incoming)
+    }
+
+    async fn read(&mut self) -> Incoming {
+        // Wait for bytes before building fastwebsockets' reader (and its 8 KB buffer):
+        // idle connections hold no read buffer.
+        match self.guard.fill().await {
+            Ok(true) => {}
+            Ok(false) => return Incoming::Gone,
+            Err(e) => return read_failed(&WebSocketError::IoError(e)),
         }
-        let _ = alive.try_send(Incoming::Alive);
-        std::future::ready(Ok::<(), std::convert::Infallible>(()))
-    };
-    loop {
-        let incoming = match ws.read_frame(&mut obligated).await {
-            Ok(frame) => match frame.opcode {
-                OpCode::Text => Incoming::Text(into_bytes(frame.payload)),
-                OpCode::Binary => Incoming::Binary(into_bytes(frame.payload)),
-                OpCode::Close => return,
-                _ => Incoming::Alive,
-            },
-            Err(e) => {
-                debug!(error = %e, "read ended");
-                if let Some(end) = broken(&e) {
-                    info!(error = %e, "closing a connection that broke the WebSocket protocol");
-                    let _ = tx.send(Incoming::Broken(end)).await;
-                }
-                return;
-            }
+        // The guard hands up one frame at most, so the reader's buffer is empty again once
+        // it has returned a frame and can be dropped with it. Frames are read one at a
+        // time (not with FragmentCollectorRead) so that no fastwebsockets state outlives a
+        // frame; fragments are joined in `partial` instead.
+        let (mut ws, _) = fastwebsockets::after_handshake_split(&mut self.guard, tokio::io::sink(), Role::Server);
+        // Pings come back to us (answered through the outbox, counted as liveness).
+        ws.set_auto_pong(false);
+        ws.set_max_message_size(self.max_message.saturating_add(1));
+        // The close echo fastwebsockets asks for is not needed: the connection ends and
+        // sends its own close frame.
+        let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
+        let frame = match ws.read_frame(&mut ignore).await {
+            Ok(frame) => frame,
+            Err(e) => return read_failed(&e),
         };
-        if tx.send(incoming).await.is_err() {
-            return;
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary if self.partial.is_some() => Incoming::Broken(End::Protocol),
+            OpCode::Text if frame.fin => Incoming::Text(into_bytes(frame.payload)),
+            OpCode::Binary if frame.fin => Incoming::Binary(into_bytes(frame.payload)),
+            OpCode::Text | OpCode::Binary => {
+                self.partial = Some(Partial {
+                    opcode: frame.opcode,
+                    data: frame.payload.to_vec(),
+                });
+                Incoming::Alive
+            }
+            OpCode::Continuation => {
+                let Some(partial) = self.partial.as_mut() else {
+                    return Incoming::Broken(End::Protocol);
+                };
+                partial.data.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    return Incoming::Alive;
+                }
+                let Some(Partial { opcode, data }) = self.partial.take() else {
+                    return Incoming::Broken(End::Protocol);
+                };
+                if opcode == OpCode::Binary {
+                    Incoming::Binary(Bytes::from(data))
+                } else if std::str::from_utf8(&data).is_ok() {
+                    Incoming::Text(Bytes::from(data))
+                } else {
+                    Incoming::Broken(End::NotUtf8)
+                }
+            }
+            OpCode::Ping => {
+                self.outbox
+                    .push_control(Outgoing::Pong(Bytes::copy_from_slice(&frame.payload)));
+                Incoming::Alive
+            }
+            OpCode::Pong => Incoming::Alive,
+            OpCode::Close => Incoming::Gone,
         }
+    }
+}
+
+/// What a failed read means for the connection.
+fn read_failed(e: &WebSocketError) -> Incoming {
+    debug!(error = %e, "read ended");
+    match broken(e) {
+        Some(end) => {
+            info!(error = %e, "closing a connection that broke the WebSocket protocol");
+            Incoming::Broken(end)
+        }
+        None => Incoming::Gone,
     }
 }
 
@@ -193,14 +250,9 @@ fn into_bytes(payload: Payload<'_>) -> Bytes {
 }
 
 /// The connection task's loop; returns why the connection ends.
-async fn drive<W>(
-    app: &App,
-    session: &mut Session,
-    rx: &mut mpsc::Receiver<Incoming>,
-    writer: &mut W,
-    outbox: &Outbox,
-) -> End
+async fn drive<R, W>(app: &App, session: &mut Session, reader: Reader<R>, writer: &mut W, outbox: &Outbox) -> End
 where
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
     let config = &app.config;
@@ -212,6 +264,7 @@ where
     let mut pinged = false;
     let mut items = Vec::new();
     let mut buf = Vec::new();
+    let mut reading = Box::pin(reader.next());
     if *shutdown.borrow() {
         return End::Shutdown;
     }
@@ -245,20 +298,23 @@ where
                     return End::Peer;
                 }
             },
-            msg = rx.recv() => {
-                let Some(msg) = msg else { return End::Peer };
+            (reader, msg) = &mut reading => {
+                reading = Box::pin(reader.next());
                 last_any = Instant::now();
                 pinged = false;
                 match msg {
+                    // Handlers are boxed: their futures (joins wait on the database) are
+                    // large and would otherwise sit in every idle connection's task.
                     Incoming::Text(bytes) => {
                         last_msg = last_any;
-                        session.handle_text(&bytes).await;
+                        Box::pin(session.handle_text(&bytes)).await;
                     }
                     Incoming::Binary(bytes) => {
                         last_msg = last_any;
-                        session.handle_binary(&bytes).await;
+                        Box::pin(session.handle_binary(&bytes)).await;
                     }
                     Incoming::Alive => {}
+                    Incoming::Gone => return End::Peer,
                     Incoming::Broken(end) => return end,
                 }
             }
