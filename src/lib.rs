@@ -90,6 +90,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
     db_broadcast::start(app.clone())?;
     spawn_history_sweep(&app);
+    tokio::spawn(presence::run_flusher(app.clone()));
 
     // Scripts and tests read the bound address from this first stdout line.
     let mut stdout = std::io::stdout();

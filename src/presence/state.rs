@@ -136,6 +136,25 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
     }
+
+    /// Appends a later diff, so that applying `self` once equals applying both in order.
+    /// A meta that joined in `self` and leaves in `later` was never sent: it is dropped
+    /// from both sides instead of being sent as a join and a leave.
+    pub fn absorb(&mut self, later: Diff) {
+        for (key, meta) in later.leaves {
+            match self
+                .joins
+                .iter()
+                .position(|(k, m)| *k == key && m.phx_ref == meta.phx_ref)
+            {
+                Some(i) => {
+                    self.joins.remove(i);
+                }
+                None => self.leaves.push((key, meta)),
+            }
+        }
+        self.joins.extend(later.joins);
+    }
 }
 
 fn write_side(out: &mut String, side: &[(String, Arc<Meta>)]) {
@@ -696,6 +715,43 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Merged diffs (`absorb`) leave a client exactly where the diffs one by one would,
+    /// for random changes cut into random runs; a meta both joining and leaving within a
+    /// run is never sent.
+    #[test]
+    fn absorbed_diffs_apply_like_the_sequence_they_replace() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let mut p = TopicPresence::new(A);
+            let mut one_by_one = ClientView::default();
+            let mut merged_view = ClientView::default();
+            let mut run = Diff::default();
+            for step in 0..60 {
+                let owner = rng.random_range(0..6u64);
+                let diff = if rng.random_bool(0.3) {
+                    p.untrack(owner)
+                } else {
+                    let payload = obj(json!({"v": rng.random_range(0..3)}));
+                    p.track(owner, &format!("k{}", owner % 3), payload, format!("R{step}"))
+                };
+                if let Some(d) = diff {
+                    one_by_one.apply(&d);
+                    run.absorb(d);
+                }
+                if rng.random_bool(0.25) {
+                    let sent = std::mem::take(&mut run);
+                    let joined: HashSet<&str> = sent.joins.iter().map(|(_, m)| &*m.phx_ref).collect();
+                    assert!(sent.leaves.iter().all(|(_, m)| !joined.contains(&*m.phx_ref)));
+                    merged_view.apply(&sent);
+                    assert_eq!(merged_view.0, one_by_one.0);
+                }
+            }
+            merged_view.apply(&run);
+            assert_eq!(merged_view.0, one_by_one.0);
+            assert_eq!(merged_view.0, refs_in(&p.state_json()));
         }
     }
 
