@@ -530,3 +530,52 @@ async fn unbatched_rls_gives_the_same_answers() {
     b.expect_silence(Duration::from_millis(300)).await;
     anon.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// With one pooled connection every viewer of a round is checked by one statement (the
+/// per-table PL/pgSQL function): users of several groups and roles, a composite key, and
+/// columns named like the function's own parameters, each subscriber gets exactly its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_checks_many_viewers_of_mixed_roles() {
+    let pg = Pg::start();
+    pg.exec(SCHEMA).await;
+    pg.exec(
+        "create table public.grouped (grp int, n int, keys text, v int, counts int, primary key (grp, n));
+         alter table public.grouped enable row level security;
+         create policy by_group on public.grouped for select to authenticated
+           using (grp = (current_setting('request.jwt.claims', true)::jsonb ->> 'grp')::int);
+         create policy public_rows on public.grouped for select to anon using (grp = 0);
+         grant select on public.grouped to anon, authenticated;
+         alter publication supabase_realtime add table public.grouped;",
+    )
+    .await;
+    let s = Server::start_with(&[("DATABASE_URL", &pg.url()), ("DB_POOL_SIZE", "1")]).await;
+    let binding = json!([{"event": "INSERT", "schema": "public", "table": "grouped"}]);
+    // Six users in groups 1..=3 (two each) and two anonymous subscribers (group 0).
+    let mut members = Vec::new();
+    for i in 0..8 {
+        let grp = if i < 6 { i / 2 + 1 } else { 0 };
+        let token = (grp > 0).then(|| {
+            claims_token(json!({"role": "authenticated", "sub": format!("u{i}"), "grp": grp, "exp": now() + 3600}))
+        });
+        let mut c = s.connect("2.0.0").await;
+        subscribe(&mut c, "realtime:grouped", binding.clone(), token.as_deref()).await;
+        members.push((grp, c));
+    }
+    // One transaction: one round, all eight viewers in one call.
+    pg.exec(
+        "insert into public.grouped (grp, n, keys, v, counts)
+         select g, n, 'k', 1, 1 from generate_series(0, 3) g, generate_series(1, 2) n",
+    )
+    .await;
+    for (grp, c) in &mut members {
+        for want in 1..=2 {
+            let record = change(c).await["data"]["record"].clone();
+            assert_eq!(
+                (record["grp"].clone(), record["n"].clone()),
+                (json!(*grp), json!(want)),
+                "group {grp}"
+            );
+        }
+        c.expect_silence(Duration::from_millis(300)).await;
+    }
+}

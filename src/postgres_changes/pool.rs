@@ -4,7 +4,7 @@
 //! `request.jwt.claims` inside a transaction, and nothing else may run on that connection
 //! meanwhile. Broken connections are replaced on the next checkout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -21,10 +21,12 @@ pub struct Pool {
     next: AtomicUsize,
 }
 
-/// An open connection and the statements prepared on it.
+/// An open connection and the statements prepared and functions created on it.
 struct Slot {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// `pg_temp` functions created on this connection (they live as long as it does).
+    functions: HashSet<String>,
 }
 
 /// A checked-out connection.
@@ -59,6 +61,19 @@ impl Conn<'_> {
         }
         slot.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    /// Runs `create` (which creates the `pg_temp` function `name`) once per connection.
+    pub async fn ensure_function(&mut self, name: &str, create: &str) -> Result<(), tokio_postgres::Error> {
+        let Some(slot) = self.guard.as_mut() else {
+            unreachable!("a checked-out connection always holds a client")
+        };
+        if slot.functions.contains(name) {
+            return Ok(());
+        }
+        slot.client.batch_execute(create).await?;
+        slot.functions.insert(name.to_owned());
+        Ok(())
     }
 }
 
@@ -97,6 +112,7 @@ impl Pool {
             *guard = Some(Slot {
                 client,
                 statements: HashMap::new(),
+                functions: HashSet::new(),
             });
         }
         Ok(Conn { guard })

@@ -1,11 +1,14 @@
 //! Row Level Security, checked the way Supabase does (a SELECT by primary key as the
 //! subscriber's role with its JWT claims set), but batched:
 //!
-//! * one statement per (role, claims) viewer per table covers all rows of a chunk;
+//! * one probe per (role, claims) viewer per table covers all rows of a chunk;
 //! * viewers are spread over the pool's connections, and on each connection all of its
-//!   viewers run in ONE transaction, their `set_config` + check pairs pipelined (settings
-//!   are transaction-local, so each pair sees its own viewer), ending in a rollback;
-//! * if anything in such a batch fails (a policy that raises aborts the transaction), the
+//!   viewers are checked by ONE statement: a `pg_temp` PL/pgSQL function (created once
+//!   per connection and table) that loops over the viewers, setting each one's role and
+//!   claims (transaction-local) before its probe. Its probe's plan is cached inside the
+//!   function, so a viewer costs a few settings and index probes, not statements, round
+//!   trips and planning;
+//! * if anything in such a batch fails (a policy that raises aborts the statement), the
 //!   batch is run again one viewer per transaction, so only the failing viewer loses its
 //!   rows (Supabase issue #2093 lost everyone's).
 
@@ -41,8 +44,8 @@ pub struct Check<'a> {
     pub rows: Vec<Vec<String>>,
 }
 
-/// Most viewers pipelined in one transaction.
-const BATCH: usize = 256;
+/// Most viewers checked by one statement.
+const BATCH: usize = 1024;
 
 /// How long [`wait_visible`] waits at most.
 const VISIBLE_WAIT: Duration = Duration::from_secs(2);
@@ -102,8 +105,8 @@ const SETTINGS: &str = "select set_config('role', $1, true), set_config('request
 ///
 /// With `batch` false (`POSTGRES_CHANGES_RLS_BATCH=false`), every (viewer, row) pair gets
 /// its own settings + check statements, as Supabase's `apply_rls` does per subscription
-/// and change; still pipelined over the pool, so the difference measured is the
-/// statement count.
+/// and change; still pipelined over the pool, so the difference measured is what the
+/// batching (one probe per viewer, one statement per connection) buys.
 pub async fn visible(
     pool: &Pool,
     table: &TableInfo,
@@ -112,7 +115,7 @@ pub async fn visible(
 ) -> Vec<Result<Vec<bool>, Error>> {
     let _timer = RlsTimer::start(Rls::PostgresChanges, checks.len());
     if batch {
-        return visible_batched(pool, table, checks).await;
+        return visible_batched(pool, table, checks, true).await;
     }
     let single: Vec<Check<'_>> = checks
         .iter()
@@ -123,7 +126,7 @@ pub async fn visible(
             })
         })
         .collect();
-    let mut answers = visible_batched(pool, table, &single).await.into_iter();
+    let mut answers = visible_batched(pool, table, &single, false).await.into_iter();
     checks
         .iter()
         .map(|c| {
@@ -147,12 +150,26 @@ pub async fn visible(
         .collect()
 }
 
-async fn visible_batched(pool: &Pool, table: &TableInfo, checks: &[Check<'_>]) -> Vec<Result<Vec<bool>, Error>> {
+/// With `one_statement`, each connection's share of the viewers is checked by one call
+/// of the table's [`CheckFunction`]; without, by a pipeline of settings + check
+/// statements per viewer (as Supabase runs one query per subscription).
+async fn visible_batched(
+    pool: &Pool,
+    table: &TableInfo,
+    checks: &[Check<'_>],
+    one_statement: bool,
+) -> Vec<Result<Vec<bool>, Error>> {
     let sql = check_sql(table);
+    let function = CheckFunction::new(table);
     let per_conn = checks.len().div_ceil(pool.size()).clamp(1, BATCH);
-    let sql = &sql;
+    let (sql, function) = (&sql, &function);
     let batches = join_all(checks.chunks(per_conn).map(|chunk| async move {
-        match pipelined(pool, sql, table.pk.len(), chunk).await {
+        let answers = if one_statement {
+            function.call(pool, chunk).await
+        } else {
+            pipelined(pool, sql, table.pk.len(), chunk).await
+        };
+        match answers {
             Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
                 warn!(table = %table.name, error = %e, "a batched RLS check failed: checking its viewers one by one");
@@ -199,6 +216,127 @@ fn check_sql(table: &TableInfo) -> String {
         quote_ident(&table.name),
         conds.join(" and ")
     )
+}
+
+/// The per-table `pg_temp` function that checks many viewers in one statement:
+/// `f(roles, claims, subs, keys, starts, counts)` returns `(v, i)` for every row `i` (of
+/// viewer `v`'s `counts[v]` rows, whose key columns start at `keys[starts[v] * pk_len]`)
+/// that viewer `v` (1-based) may SELECT.
+struct CheckFunction {
+    name: String,
+    create: String,
+    call: String,
+}
+
+impl CheckFunction {
+    fn new(table: &TableInfo) -> CheckFunction {
+        use std::hash::{Hash, Hasher};
+        // The name follows the table's name and key, so a changed table gets a new function.
+        let mut h = std::hash::DefaultHasher::new();
+        (&table.schema, &table.name).hash(&mut h);
+        for &c in &table.pk {
+            (&table.columns[c].name, &table.columns[c].sql_type).hash(&mut h);
+        }
+        let name = format!("rs_rls_{}_{:016x}", table.oid, h.finish());
+        // Parameters are qualified with the function's name, the loop variable with its
+        // label: a table column called `keys` or `v` must not be ambiguous.
+        let name_ = &name;
+        let n = table.pk.len();
+        let conds: Vec<String> = table
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                let col = &table.columns[c];
+                format!(
+                    "t.{} = {name_}.keys[({name_}.starts[viewers.v] + k.i) * {n} + {}]::{}",
+                    quote_ident(&col.name),
+                    j + 1,
+                    col.sql_type
+                )
+            })
+            .collect();
+        let probe = format!(
+            "select viewers.v, k.i from generate_series(0, {name_}.counts[viewers.v] - 1) k(i) \
+             cross join lateral (select from {}.{} t where {} limit 1) x",
+            quote_ident(&table.schema),
+            quote_ident(&table.name),
+            conds.join(" and ")
+        );
+        // `role` and the claims are set transaction-locally (the statement is its own
+        // transaction); the probe is planned once per role and cached, generic because
+        // its arguments are arrays (see BEGIN).
+        // Settings are assignments (PL/pgSQL evaluates those without starting a query,
+        // unlike PERFORM), and `role` is set only when it changes (viewers come sorted
+        // by role): the settings were most of a viewer's cost.
+        let create = format!(
+            "create or replace function pg_temp.{name}(roles text[], claims text[], subs text[], keys text[], starts int[], counts int[]) \
+             returns table(viewer int, row_index int) language plpgsql \
+             set plan_cache_mode = force_generic_plan as $rs$ \
+             declare active_role text; ignored text; \
+             begin \
+               <<viewers>> for v in 1 .. coalesce(array_length(roles, 1), 0) loop \
+                 if active_role is distinct from roles[v] then \
+                   ignored := set_config('role', roles[v], true); \
+                   active_role := roles[v]; \
+                 end if; \
+                 ignored := set_config('request.jwt.claims', claims[v], true); \
+                 ignored := set_config('request.jwt.claim.sub', subs[v], true); \
+                 ignored := set_config('request.jwt.claim.role', roles[v], true); \
+                 return query {probe}; \
+               end loop; \
+             end $rs$"
+        );
+        let call = format!("select viewer, row_index from pg_temp.{name}($1, $2, $3, $4, $5, $6)");
+        CheckFunction { name, create, call }
+    }
+
+    /// Checks `checks` in one statement on one connection.
+    async fn call(&self, pool: &Pool, checks: &[Check<'_>]) -> Result<Vec<Vec<bool>>, Error> {
+        let mut conn = pool.checkout().await?;
+        conn.ensure_function(&self.name, &self.create).await?;
+        let call = conn.prepare_cached(&self.call).await?;
+        // Viewers of one role together: the probe is planned again when the role changes.
+        let mut order: Vec<usize> = (0..checks.len()).collect();
+        order.sort_by_key(|&i| checks[i].viewer.role);
+        let mut roles = Vec::with_capacity(checks.len());
+        let mut claims = Vec::with_capacity(checks.len());
+        let mut subs = Vec::with_capacity(checks.len());
+        let mut starts = Vec::with_capacity(checks.len());
+        let mut counts = Vec::with_capacity(checks.len());
+        let mut keys: Vec<&str> = Vec::new();
+        let mut row_count = 0i32;
+        for &i in &order {
+            let c = &checks[i];
+            roles.push(c.viewer.role);
+            claims.push(c.viewer.claims);
+            subs.push(c.viewer.sub.unwrap_or(""));
+            starts.push(row_count);
+            counts.push(c.rows.len() as i32);
+            row_count += c.rows.len() as i32;
+            for row in &c.rows {
+                keys.extend(row.iter().map(String::as_str));
+            }
+        }
+        let rows = conn
+            .query(&call, &[&roles, &claims, &subs, &keys, &starts, &counts])
+            .await?;
+        let mut out: Vec<Vec<bool>> = checks.iter().map(|c| vec![false; c.rows.len()]).collect();
+        for row in rows {
+            let (Ok(v), Ok(i)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
+                continue;
+            };
+            let seen = usize::try_from(v - 1)
+                .ok()
+                .and_then(|v| order.get(v))
+                .and_then(|&c| out.get_mut(c))
+                .and_then(|seen| usize::try_from(i).ok().and_then(|i| seen.get_mut(i)));
+            if let Some(s) = seen {
+                *s = true;
+            }
+        }
+        Ok(out)
+    }
 }
 
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, Error>> + Send + 'a>>;
