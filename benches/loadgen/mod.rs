@@ -491,11 +491,14 @@ pub fn heartbeat(vsn: Vsn, ref_: u64) -> String {
 
 /// Sends a Phoenix heartbeat every `every` until the writer fails or `stop` is set.
 pub fn spawn_heartbeats(writer: Writer, vsn: Vsn, every: Duration, stop: Arc<AtomicBool>) {
+    // A weak handle: the socket closes when its reader is done, not at the next beat.
+    let writer = Arc::downgrade(&writer);
     tokio::spawn(async move {
         let mut n = 0u64;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
+            let Some(writer) = writer.upgrade() else { return };
             if stop.load(Ordering::Relaxed) {
                 return;
             }
