@@ -160,14 +160,13 @@ async fn visible_batched(
     one_statement: bool,
 ) -> Vec<Result<Vec<bool>, Error>> {
     let sql = check_sql(table);
-    let function = CheckFunction::new(table);
+    let function = one_statement.then(|| CheckFunction::new(table));
     let per_conn = checks.len().div_ceil(pool.size()).clamp(1, BATCH);
     let (sql, function) = (&sql, &function);
     let batches = join_all(checks.chunks(per_conn).map(|chunk| async move {
-        let answers = if one_statement {
-            function.call(pool, chunk).await
-        } else {
-            pipelined(pool, sql, table.pk.len(), chunk).await
+        let answers = match function {
+            Some(function) => function.call(pool, chunk).await,
+            None => pipelined(pool, sql, table.pk.len(), chunk).await,
         };
         match answers {
             Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),

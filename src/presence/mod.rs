@@ -37,6 +37,18 @@ struct Topic {
     queued: bool,
 }
 
+impl Topic {
+    /// Sends the pending diff (if any) to the topic's members; a queued flush then finds
+    /// nothing to do.
+    fn send_pending(&mut self, registry: &Registry, key: &TopicKey) {
+        self.queued = false;
+        let diff = std::mem::take(&mut self.pending);
+        if !diff.is_empty() {
+            registry.presence_diff(key, diff.to_json().as_bytes());
+        }
+    }
+}
+
 type Shard = AHashMap<TopicKey, Topic>;
 
 /// All topics' presence on this node.
@@ -96,14 +108,13 @@ impl PresenceHub {
             topic.pending.absorb(diff);
         }
         if topic.presence.is_empty() {
-            publish(registry, key, std::mem::take(&mut topic.pending));
+            topic.send_pending(registry, key);
             shard.remove(key);
         } else if !topic.queued && !topic.pending.is_empty() {
             topic.queued = true;
             if self.flushes.send(key.clone()).is_err() {
                 tracing::error!(topic = %key.topic, "presence flusher is gone: sending the diff inline");
-                topic.queued = false;
-                publish(registry, key, std::mem::take(&mut topic.pending));
+                topic.send_pending(registry, key);
             }
         }
     }
@@ -114,8 +125,7 @@ impl PresenceHub {
             return;
         };
         if let Some(topic) = shard.get_mut(key) {
-            topic.queued = false;
-            publish(registry, key, std::mem::take(&mut topic.pending));
+            topic.send_pending(registry, key);
         }
     }
 
@@ -128,7 +138,7 @@ impl PresenceHub {
         };
         // Members must get what is pending before the newcomer's state includes it.
         if let Some(topic) = shard.get_mut(key) {
-            publish(registry, key, std::mem::take(&mut topic.pending));
+            topic.send_pending(registry, key);
         }
         if let Some(join_ref) = state_join_ref {
             let state = shard
@@ -192,12 +202,6 @@ impl PresenceHub {
         };
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
         self.changed(&mut shard, registry, key, diff);
-    }
-}
-
-fn publish(registry: &Registry, key: &TopicKey, diff: Diff) {
-    if !diff.is_empty() {
-        registry.presence_diff(key, diff.to_json().as_bytes());
     }
 }
 

@@ -104,7 +104,6 @@ pub async fn run(app: Arc<App>, io: TokioIo<Upgraded>, vsn: Vsn, token: String) 
     let reader = Reader {
         guard: FrameGuard::new(read_half, config.max_frame_size),
         partial: None,
-        max_message: config.max_frame_size,
         outbox: outbox.clone(),
     };
     let mut session = Session::new(app.clone(), vsn, outbox.clone(), token);
@@ -138,7 +137,6 @@ struct Reader<R> {
     guard: FrameGuard<R>,
     /// A fragmented message being assembled.
     partial: Option<Partial>,
-    max_message: usize,
     outbox: Arc<Outbox>,
 }
 
@@ -161,10 +159,12 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         // it has returned a frame and can be dropped with it. Frames are read one at a
         // time (not with FragmentCollectorRead) so that no fastwebsockets state outlives a
         // frame; fragments are joined in `partial` instead.
+        let limit = self.guard.max_message();
         let (mut ws, _) = fastwebsockets::after_handshake_split(&mut self.guard, tokio::io::sink(), Role::Server);
         // Pings come back to us (answered through the outbox, counted as liveness).
         ws.set_auto_pong(false);
-        ws.set_max_message_size(self.max_message.saturating_add(1));
+        // The guard enforces the limit; fastwebsockets' own must not be lower.
+        ws.set_max_message_size(limit.saturating_add(1));
         // The close echo fastwebsockets asks for is not needed: the connection ends and
         // sends its own close frame.
         let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
@@ -184,16 +184,14 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
                 Incoming::Alive
             }
             OpCode::Continuation => {
-                let Some(partial) = self.partial.as_mut() else {
+                let Some(Partial { opcode, mut data }) = self.partial.take() else {
                     return Incoming::Broken(End::Protocol);
                 };
-                partial.data.extend_from_slice(&frame.payload);
+                data.extend_from_slice(&frame.payload);
                 if !frame.fin {
+                    self.partial = Some(Partial { opcode, data });
                     return Incoming::Alive;
                 }
-                let Some(Partial { opcode, data }) = self.partial.take() else {
-                    return Incoming::Broken(End::Protocol);
-                };
                 if opcode == OpCode::Binary {
                     Incoming::Binary(Bytes::from(data))
                 } else if std::str::from_utf8(&data).is_ok() {

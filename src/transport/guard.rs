@@ -151,6 +151,11 @@ impl<R> FrameGuard<R> {
         }
     }
 
+    /// The message size limit, in bytes.
+    pub fn max_message(&self) -> usize {
+        usize::try_from(self.framing.max_message).unwrap_or(usize::MAX)
+    }
+
     /// Moves up to `max` stashed bytes of the current frame into `buf`.
     fn take_stashed(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
         let max = self.stash.len().min(buf.remaining());
