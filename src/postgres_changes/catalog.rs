@@ -1,18 +1,19 @@
 //! What the database says about tables and roles: columns and their type names, primary
-//! keys, whether RLS is on, which tables a publication has, and which columns a role may
-//! read. Cached; table entries are dropped when a Relation message says the table
-//! changed, role entries expire after a short time (privileges change without WAL).
+//! keys, which tables a publication has, whether RLS is on and which columns a role may
+//! read.
+//!
+//! Only a table's shape is cached (dropped when a Relation message says it changed).
+//! Security state is never cached: RLS can be enabled or forced, grants revoked, owners
+//! and role attributes changed without any WAL a subscriber would see, and a stale
+//! "visible" would leak rows. [`Catalog::security`] reads it afresh for every delivery
+//! round, in one statement, so a change made before a commit applies to that commit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::debug;
 
 use super::pool::Pool;
-
-/// How long column privileges are trusted before being read again.
-const PRIVILEGE_TTL: Duration = Duration::from_secs(10);
 
 /// One column, in attnum order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +41,6 @@ pub struct TableInfo {
     pub columns: Vec<ColumnInfo>,
     /// Indexes into `columns` of the primary key columns.
     pub pk: Vec<usize>,
-    /// `relrowsecurity`.
-    pub rls: bool,
 }
 
 impl TableInfo {
@@ -60,14 +59,49 @@ pub struct Access {
     pub selectable: Vec<bool>,
 }
 
-/// (role, table OID).
-type AccessKey = (String, u32);
+/// The security state of one delivery round, read in one statement.
+#[derive(Debug, Default)]
+pub struct Security {
+    /// Table OID → RLS enabled (`relrowsecurity`).
+    rls: HashMap<u32, bool>,
+    /// (table OID, role) → what the role may read.
+    access: HashMap<(u32, String), Arc<Access>>,
+}
 
-/// Cached catalog reads.
+impl Security {
+    /// Whether RLS is on for `table`; `None` if the table was not read (dropped).
+    pub fn rls(&self, table: u32) -> Option<bool> {
+        self.rls.get(&table).copied()
+    }
+
+    /// What `role` may read of `table`; `None` if the role or table no longer exists.
+    pub fn access(&self, table: u32, role: &str) -> Option<Arc<Access>> {
+        self.access.get(&(table, role.to_owned())).cloned()
+    }
+}
+
+/// Reads a round's security state: per (table, role) pair, RLS on the table, the role's
+/// superuser/BYPASSRLS attribute and the columns it may SELECT (through grants on the
+/// table or the column, and role membership). A pair whose table or role is gone has no
+/// row. `has_column_privilege` on a dropped column is false, so only live columns return.
+const SECURITY: &str = "select p.i, c.relrowsecurity, r.rolsuper or r.rolbypassrls, \
+       array(select a.attname::text from pg_attribute a \
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
+               and has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')) \
+     from unnest($1::oid[], $2::text[]) with ordinality as p(tbl, role, i) \
+     join pg_class c on c.oid = p.tbl \
+     join pg_roles r on r.rolname = p.role";
+
+/// Catalog reads; table shapes are cached.
 pub struct Catalog {
     pool: Arc<Pool>,
     tables: Mutex<HashMap<u32, Arc<TableInfo>>>,
-    access: Mutex<HashMap<AccessKey, (Instant, Arc<Access>)>>,
+}
+
+/// The cache map. A poisoned lock only means another task panicked while holding it: the
+/// map itself (inserts and removes of whole entries) is always consistent, so it is used.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Catalog {
@@ -76,34 +110,28 @@ impl Catalog {
         Catalog {
             pool,
             tables: Mutex::new(HashMap::new()),
-            access: Mutex::new(HashMap::new()),
         }
     }
 
     /// Forgets a table (its Relation message changed).
     pub fn invalidate(&self, oid: u32) {
-        if let Ok(mut t) = self.tables.lock() {
-            t.remove(&oid);
-        }
-        if let Ok(mut a) = self.access.lock() {
-            a.retain(|(_, table), _| *table != oid);
-        }
+        locked(&self.tables).remove(&oid);
     }
 
     /// The cached entry, without asking the database.
     pub fn cached(&self, oid: u32) -> Option<Arc<TableInfo>> {
-        self.tables.lock().ok().and_then(|t| t.get(&oid).cloned())
+        locked(&self.tables).get(&oid).cloned()
     }
 
     /// The table with this OID, or `None` when it no longer exists.
     pub async fn table(&self, oid: u32) -> Result<Option<Arc<TableInfo>>, tokio_postgres::Error> {
-        if let Some(t) = self.tables.lock().ok().and_then(|t| t.get(&oid).cloned()) {
+        if let Some(t) = self.cached(oid) {
             return Ok(Some(t));
         }
         let conn = self.pool.checkout().await?;
         let Some(row) = conn
             .query_opt(
-                "select n.nspname::text, c.relname::text, c.relrowsecurity \
+                "select n.nspname::text, c.relname::text \
                  from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = $1",
                 &[&oid],
             )
@@ -151,12 +179,9 @@ impl Catalog {
             name: row.get(1),
             columns,
             pk,
-            rls: row.get(2),
         });
         debug!(oid, schema = %table.schema, table = %table.name, "catalog: table loaded");
-        if let Ok(mut t) = self.tables.lock() {
-            t.insert(oid, table.clone());
-        }
+        locked(&self.tables).insert(oid, table.clone());
         Ok(Some(table))
     }
 
@@ -180,14 +205,36 @@ impl Catalog {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// What `role` may read of `table`. Errors if the role does not exist.
-    pub async fn access(&self, role: &str, table: &TableInfo) -> Result<Arc<Access>, tokio_postgres::Error> {
-        let key = (role.to_owned(), table.oid);
-        if let Some((at, a)) = self.access.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            if at.elapsed() < PRIVILEGE_TTL {
-                return Ok(a);
-            }
+    /// The security state of a delivery round for these (table, role) pairs, read now.
+    pub async fn security(&self, pairs: &[(&TableInfo, &str)]) -> Result<Security, tokio_postgres::Error> {
+        let mut security = Security::default();
+        if pairs.is_empty() {
+            return Ok(security);
         }
+        let oids: Vec<u32> = pairs.iter().map(|(t, _)| t.oid).collect();
+        let roles: Vec<&str> = pairs.iter().map(|(_, r)| *r).collect();
+        let mut conn = self.pool.checkout().await?;
+        let statement = conn.prepare_cached(SECURITY).await?;
+        for row in conn.query(&statement, &[&oids, &roles]).await? {
+            let at: i64 = row.get(0);
+            let Some((table, role)) = usize::try_from(at - 1).ok().and_then(|i| pairs.get(i)) else {
+                continue;
+            };
+            let readable: Vec<String> = row.get(3);
+            let access = Access {
+                bypass_rls: row.get(2),
+                selectable: table.columns.iter().map(|c| readable.contains(&c.name)).collect(),
+            };
+            security.rls.insert(table.oid, row.get(1));
+            security
+                .access
+                .insert((table.oid, (*role).to_owned()), Arc::new(access));
+        }
+        Ok(security)
+    }
+
+    /// What `role` may read of `table`, read now. Errors if the role does not exist.
+    pub async fn access(&self, role: &str, table: &TableInfo) -> Result<Arc<Access>, tokio_postgres::Error> {
         let conn = self.pool.checkout().await?;
         // `$1::regrole` raises "role … does not exist" for an unknown role, as Supabase's
         // subscription insert does.
@@ -205,14 +252,10 @@ impl Catalog {
                 &[&role, &table.oid, &names],
             )
             .await?;
-        let access = Arc::new(Access {
+        Ok(Arc::new(Access {
             bypass_rls: bypass,
             selectable: rows.iter().map(|r| r.get(0)).collect(),
-        });
-        if let Ok(mut m) = self.access.lock() {
-            m.insert(key, (Instant::now(), access.clone()));
-        }
-        Ok(access)
+        }))
     }
 
     /// Casts a filter value to the column type and back to text, as the walsender would

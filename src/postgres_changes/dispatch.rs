@@ -1,8 +1,9 @@
 //! From a chunk of committed row changes to frames in subscribers' outboxes: match
-//! subscriptions (table, event, filters), check RLS once per (role, claims) group and
-//! table for the whole chunk, build each distinct `data` once, and push one frame per
-//! channel listing the ids of all its matching bindings. Order is preserved: the chunk is
-//! pushed change by change after all checks are done.
+//! subscriptions (table, event, filters), read the security state (RLS on, role
+//! attributes, column grants) afresh for the chunk, check RLS once per (role, claims)
+//! group and table for the whole chunk, build each distinct `data` once, and push one
+//! frame per channel listing the ids of all its matching bindings. Order is preserved:
+//! the chunk is pushed change by change after all checks are done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use realtime_wal::change::{ChangeKind, OldTuple, RowChange};
 use realtime_wal::pgoutput::{Cell as WalCell, TupleData};
 use tracing::{debug, warn};
 
-use super::catalog::{Access, TableInfo};
+use super::catalog::{Access, Security, TableInfo};
 use super::filter::Cell;
 use super::payload::{self, Change};
 use super::registry::ChannelSubs;
@@ -26,6 +27,8 @@ struct Candidate {
     channel: Arc<ChannelSubs>,
     /// (binding id, select list) of the matching subscriptions.
     matches: Vec<(u32, Option<Vec<usize>>)>,
+    /// What the channel's role may read, from this round's [`Security`]; until that is
+    /// read, nothing (fail closed).
     access: Arc<Access>,
     visible: bool,
 }
@@ -53,6 +56,9 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
         if let Some(p) = prepare(pg, change, ts).await {
             prepared.push(p);
         }
+    }
+    if !apply_security(pg, &mut prepared).await {
+        return;
     }
     check_rls(pg, &mut prepared, xids).await;
     for p in &prepared {
@@ -165,18 +171,14 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
         if matches.is_empty() {
             continue;
         }
-        let access = match pg.catalog.access(&ch.role, &table).await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(role = %ch.role, table = %table.name, error = %e, "cannot read the role's privileges: change skipped for it");
-                continue;
-            }
-        };
         candidates.push(Candidate {
             channel: ch,
             matches,
-            access,
-            visible: true,
+            access: Arc::new(Access {
+                bypass_rls: false,
+                selectable: Vec::new(),
+            }),
+            visible: false,
         });
     }
     if candidates.is_empty() {
@@ -190,10 +192,53 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
             new,
             old,
             size,
+            // Until this round's security state is read: as if RLS were on.
+            rls: true,
         },
         pk,
         candidates,
     })
+}
+
+/// Reads the round's security state in one statement and applies it: whether each table
+/// has RLS now and what each role may read now. A candidate whose role no longer exists
+/// is dropped. If the state cannot be read, nothing of the round is delivered (logged):
+/// a guess could show what a revoke or a new policy hides. Returns whether anything is
+/// left to deliver.
+async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
+    let mut pairs: Vec<(&TableInfo, &str)> = Vec::new();
+    for p in prepared.iter() {
+        for c in &p.candidates {
+            let pair = (p.table.as_ref(), c.channel.role.as_str());
+            if !pairs.iter().any(|(t, r)| t.oid == pair.0.oid && *r == pair.1) {
+                pairs.push(pair);
+            }
+        }
+    }
+    let security: Security = match pg.catalog.security(&pairs).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, changes = prepared.len(), "cannot read RLS and privileges: these changes are not delivered");
+            return false;
+        }
+    };
+    drop(pairs);
+    for p in prepared.iter_mut() {
+        let oid = p.table.oid;
+        p.change.rls = security.rls(oid).unwrap_or(true);
+        for c in &mut p.candidates {
+            match security.access(oid, &c.channel.role) {
+                Some(access) => {
+                    c.access = access;
+                    c.visible = true;
+                }
+                None => {
+                    debug!(role = %c.channel.role, table = %p.table.name, "role or table gone: change skipped for it")
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Viewers with the same table, role and claims get the same RLS answers. The last field
@@ -208,11 +253,11 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
     // (table, role, claims) → [(change index, candidate index)]
     let mut groups: HashMap<GroupKey, Members> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
-        if !p.table.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
+        if !p.change.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
             continue;
         }
         for (ci, c) in p.candidates.iter().enumerate() {
-            if c.access.bypass_rls {
+            if c.access.bypass_rls || !c.visible {
                 continue;
             }
             let own = if pg.rls_batch { 0 } else { c.channel.channel };

@@ -25,6 +25,8 @@ pub struct Change<'a> {
     pub old: Option<Vec<Cell<'a>>>,
     /// Size of the change's values in bytes (for the 413 rule).
     pub size: usize,
+    /// The table has Row Level Security (read for this change's delivery round).
+    pub rls: bool,
 }
 
 /// Builds `data` for one viewer: `columns` marks which table columns it sees (selectable,
@@ -111,7 +113,7 @@ pub fn data(
     }
     if let Some(old) = &change.old {
         out.extend_from_slice(b",\"old_record\":");
-        if change.kind == Action::Delete && table.rls {
+        if change.kind == Action::Delete && change.rls {
             // "We can't secure deletes": only the key leaves the database.
             let pk_only: Vec<bool> = (0..table.columns.len())
                 .map(|i| columns[i] && table.pk.contains(&i))
