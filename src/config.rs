@@ -99,6 +99,13 @@ pub struct Config {
     #[arg(long, env = "CHANNEL_ERROR_BACKOFF_MS", default_value_t = 5000)]
     pub channel_error_backoff_ms: u64,
 
+    /// A channel joined with `broadcast.replication_ready` gets `Replication connection
+    /// established` once the Broadcast from Database stream runs; if it does not run
+    /// within this long, the channel is closed with `Replication connection was not
+    /// established in time` (Supabase: one minute).
+    #[arg(long, env = "REPLICATION_READY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub replication_ready_timeout_ms: u64,
+
     /// A connection silent for this long gets a WebSocket ping; after twice this long
     /// with nothing received (not even a pong) it is dropped as dead and its presence leaves.
     #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 15_000)]

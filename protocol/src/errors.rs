@@ -42,6 +42,18 @@ pub fn token_expired(seconds_ago: i64) -> String {
 pub const PG_UNABLE_TO_CONNECT: &str = "Realtime was unable to connect to the project database";
 /// `system` ok message after Postgres Changes subscribed.
 pub const PG_SUBSCRIBED: &str = "Subscribed to PostgreSQL";
+/// Join error when `postgres_changes_options.wait` was asked and the bindings did not
+/// become live within the wait (Supabase's text).
+pub fn pg_wait_timeout(wait_ms: u64) -> String {
+    format!(
+        "PostgresChangesSubscribeTimeout: Timed out after {wait_ms}ms waiting for the postgres_changes subscription"
+    )
+}
+/// `system` ok message (extension `system`) once the Broadcast from Database stream runs,
+/// for channels that joined with `broadcast.replication_ready`.
+pub const REPLICATION_READY: &str = "Replication connection established";
+/// `system` error closing such a channel when the stream did not start in time.
+pub const REPLICATION_NOT_READY: &str = "Replication connection was not established in time";
 /// `system` ok notice pushed on every topic before an operator-initiated disconnect.
 pub const SERVER_REQUESTED_DISCONNECT: &str = "Server requested disconnect";
 

@@ -30,7 +30,20 @@ pub struct JoinConfig {
     pub private: bool,
     /// `postgres_changes` bindings exactly as sent (null entries dropped).
     pub postgres_changes: Vec<Map<String, Value>>,
+    /// `postgres_changes_options.wait`: reply to the join only once the bindings are
+    /// live, within this many milliseconds (`timeout`, default
+    /// [`DEFAULT_POSTGRES_CHANGES_WAIT_MS`], at most [`MAX_POSTGRES_CHANGES_WAIT_MS`]).
+    /// `None` without `wait`.
+    pub postgres_changes_wait_ms: Option<u64>,
+    /// `broadcast.replication_ready`: push a `system` message once the Broadcast from
+    /// Database stream is running.
+    pub replication_ready: bool,
 }
+
+/// The wait when `postgres_changes_options.timeout` is not given (supabase-js' default).
+pub const DEFAULT_POSTGRES_CHANGES_WAIT_MS: u64 = 15_000;
+/// The longest wait a client may ask for.
+pub const MAX_POSTGRES_CHANGES_WAIT_MS: u64 = 60_000;
 
 impl JoinRequest {
     /// Parses a join payload. Never fails: what does not parse takes its default, as the
@@ -68,6 +81,14 @@ impl JoinConfig {
                 .collect(),
             _ => Vec::new(),
         };
+        let pg_options = object(config.remove("postgres_changes_options"));
+        let postgres_changes_wait_ms = flag(pg_options.get("wait")).then(|| {
+            pg_options
+                .get("timeout")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_POSTGRES_CHANGES_WAIT_MS)
+                .min(MAX_POSTGRES_CHANGES_WAIT_MS)
+        });
         JoinConfig {
             broadcast_self: flag(broadcast.get("self")),
             broadcast_ack: flag(broadcast.get("ack")),
@@ -76,6 +97,8 @@ impl JoinConfig {
             presence_key: presence.get("key").and_then(key_string),
             private: flag(config.get("private")),
             postgres_changes,
+            postgres_changes_wait_ms,
+            replication_ready: flag(broadcast.get("replication_ready")),
         }
     }
 }
@@ -216,6 +239,25 @@ mod tests {
                 .presence_key,
             None
         );
+    }
+
+    #[test]
+    fn wait_and_replication_ready_options() {
+        let j = JoinRequest::parse(
+            br#"{"config":{"broadcast":{"replication_ready":true},"postgres_changes_options":{"wait":true}}}"#,
+        );
+        assert!(j.config.replication_ready);
+        assert_eq!(
+            j.config.postgres_changes_wait_ms,
+            Some(DEFAULT_POSTGRES_CHANGES_WAIT_MS)
+        );
+        let j = JoinRequest::parse(br#"{"config":{"postgres_changes_options":{"wait":"true","timeout":2500}}}"#);
+        assert_eq!(j.config.postgres_changes_wait_ms, Some(2500));
+        let j = JoinRequest::parse(br#"{"config":{"postgres_changes_options":{"wait":true,"timeout":9999999}}}"#);
+        assert_eq!(j.config.postgres_changes_wait_ms, Some(MAX_POSTGRES_CHANGES_WAIT_MS));
+        let j = JoinRequest::parse(br#"{"config":{"postgres_changes_options":{"wait":false,"timeout":100}}}"#);
+        assert_eq!(j.config.postgres_changes_wait_ms, None);
+        assert!(!j.config.replication_ready);
     }
 
     #[test]

@@ -143,6 +143,27 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         pg_bindings: Arc::new(config.postgres_changes),
         limits: client_limits,
         presence_calls: Default::default(),
+        replication_ready_by: config.replication_ready.then(|| {
+            now_ms().saturating_add(i64::try_from(s.app.config.replication_ready_timeout_ms).unwrap_or(i64::MAX))
+        }),
+    };
+
+    // `postgres_changes_options.wait`: the reply says the bindings are live, so they are
+    // resolved (and the stream up) before it; a refusal or timeout is the join's error.
+    let waited = match config.postgres_changes_wait_ms {
+        Some(wait_ms) if !channel.pg_bindings.is_empty() => {
+            let Some(pg) = s.app.pg.clone() else {
+                return refuse(s, errors::PG_UNABLE_TO_CONNECT);
+            };
+            if let Err(reason) = pg
+                .subscribe_waiting(channel_subs(s, &channel), Duration::from_millis(wait_ms))
+                .await
+            {
+                return refuse(s, &reason);
+            }
+            true
+        }
+        _ => false,
     };
 
     let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
@@ -175,7 +196,11 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         _ => finish(Vec::new()),
     }
 
-    subscribe_postgres_changes(s, &channel);
+    if waited {
+        s.system(&channel, "postgres_changes", true, errors::PG_SUBSCRIBED);
+    } else {
+        subscribe_postgres_changes(s, &channel);
+    }
     debug!(%topic, channel = channel.id, "joined");
     crate::observability::metrics::channel_opened(key.private, channel.pg_bindings.len());
     s.channels.insert(topic.to_owned(), Box::new(channel));
@@ -211,21 +236,26 @@ pub(super) fn subscribe_postgres_changes(s: &Session, ch: &Channel) {
         return;
     }
     match &s.app.pg {
-        Some(pg) => pg.subscribe(ChannelSubs {
-            channel: ch.id,
-            topic: ch.key.topic.clone(),
-            join_ref: ch.join_ref.clone(),
-            vsn: s.vsn,
-            outbox: s.outbox.clone(),
-            role: ch.claims.role.clone(),
-            claims: ch.claims.json.clone(),
-            sub: ch.claims.sub.clone(),
-            bindings: ch.pg_bindings.clone(),
-            subs: Vec::new(),
-        }),
+        Some(pg) => pg.subscribe(channel_subs(s, ch)),
         None => {
             info!(topic = %ch.key.topic, "postgres_changes requested but no DATABASE_URL is configured");
             s.system(ch, "postgres_changes", false, errors::PG_UNABLE_TO_CONNECT);
         }
+    }
+}
+
+/// The Postgres Changes registration of a channel (its bindings, not yet resolved).
+fn channel_subs(s: &Session, ch: &Channel) -> ChannelSubs {
+    ChannelSubs {
+        channel: ch.id,
+        topic: ch.key.topic.clone(),
+        join_ref: ch.join_ref.clone(),
+        vsn: s.vsn,
+        outbox: s.outbox.clone(),
+        role: ch.claims.role.clone(),
+        claims: ch.claims.json.clone(),
+        sub: ch.claims.sub.clone(),
+        bindings: ch.pg_bindings.clone(),
+        subs: Vec::new(),
     }
 }

@@ -13,7 +13,7 @@ use realtime_protocol::encode::{self, Status};
 use realtime_protocol::event::{ClientEvent, PresenceCommand};
 use realtime_protocol::frame::{decode_binary, decode_text};
 use realtime_protocol::{errors, Inbound, Vsn, WireFrame};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::app::{now_ms, App};
 use crate::auth::Claims;
@@ -50,7 +50,13 @@ pub struct Channel {
     pub limits: Arc<ClientLimits>,
     /// Recent presence pushes, for the per-client presence rate.
     pub presence_calls: CallWindow,
+    /// `broadcast.replication_ready` not answered yet: by when (unix ms) the Broadcast
+    /// from Database stream must run, or the channel is closed.
+    pub replication_ready_by: Option<i64>,
 }
+
+/// How often a channel waiting for `replication_ready` looks at the stream.
+const REPLICATION_READY_POLL_MS: i64 = 100;
 
 /// The state of one WebSocket connection: its settings and joined channels.
 /// Owned by the connection's task, so nothing here is locked.
@@ -293,14 +299,56 @@ impl Session {
         }
     }
 
-    /// When the next channel token expires (unix ms), for the connection's timer.
-    pub fn next_expiry_ms(&self) -> Option<i64> {
-        self.channels.values().map(|c| c.claims.exp.saturating_mul(1000)).min()
+    /// When the connection's timer must next run [`Session::on_timer`] (unix ms): the
+    /// next token expiry, and soon while a channel waits for `replication_ready`.
+    pub fn next_timer_ms(&self) -> Option<i64> {
+        let poll = now_ms() + REPLICATION_READY_POLL_MS;
+        self.channels
+            .values()
+            .map(|c| {
+                let exp = c.claims.exp.saturating_mul(1000);
+                c.replication_ready_by.map_or(exp, |_| exp.min(poll))
+            })
+            .min()
+    }
+
+    /// Timed channel work: token expiry and `replication_ready` answers.
+    pub fn on_timer(&mut self) {
+        self.expire_tokens();
+        self.answer_replication_ready();
+    }
+
+    /// Channels waiting for `replication_ready`: `Replication connection established` once
+    /// the Broadcast from Database stream runs; past their deadline, closed as Supabase
+    /// closes them.
+    fn answer_replication_ready(&mut self) {
+        let streaming =
+            crate::observability::state::DB_BROADCAST.state() == crate::observability::state::StreamState::Streaming;
+        let now = now_ms();
+        let waiting: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.replication_ready_by.is_some_and(|by| streaming || now >= by))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in waiting {
+            if !streaming {
+                info!(%topic, "Broadcast from Database stream not running in time: closing the channel");
+                self.shutdown_channel(&topic, errors::REPLICATION_NOT_READY);
+                continue;
+            }
+            if let Some(ch) = self.channels.get_mut(&topic) {
+                ch.replication_ready_by = None;
+            }
+            if let Some(ch) = self.channels.get(&topic) {
+                self.system(ch, "system", true, errors::REPLICATION_READY);
+            }
+        }
     }
 
     /// Closes channels whose token has expired, as Supabase does: `system` error
     /// `Token has expired N seconds ago`, then `phx_close`.
-    pub fn expire_tokens(&mut self) {
+    fn expire_tokens(&mut self) {
         let now = now_ms();
         let expired: Vec<(String, i64)> = self
             .channels

@@ -116,6 +116,65 @@ impl PgChanges {
         tokio::spawn(async move { pg.resolve(channel).await });
     }
 
+    /// Registers a channel's bindings and waits until they are live (the join's
+    /// `postgres_changes_options.wait`): compiled against the catalog and the stream up,
+    /// so a change committed after this returns `Ok` is delivered. A refusal (table not
+    /// published, bad filter, unknown role) is returned at once as Supabase's text; a
+    /// database that cannot be reached is retried until `wait` runs out. On error the
+    /// bindings are removed again.
+    pub async fn subscribe_waiting(self: &Arc<Self>, entry: ChannelSubs, wait: Duration) -> Result<(), String> {
+        let channel = entry.channel;
+        self.registry.put(entry);
+        let live = async {
+            loop {
+                let Some(entry) = self.registry.get(channel) else {
+                    return Err(errors::PG_UNABLE_TO_CONNECT.to_owned());
+                };
+                let resolved = subscribe::resolve(
+                    &self.catalog,
+                    &self.publication,
+                    &entry.bindings,
+                    &entry.role,
+                    self.max_in_values,
+                )
+                .await;
+                match resolved {
+                    Ok(subs) => {
+                        self.registry.update(channel, subs);
+                        self.wait_streaming(channel).await;
+                        return Ok(());
+                    }
+                    Err(SubscribeError::Rejected(message)) => return Err(message),
+                    Err(SubscribeError::Database(e)) => {
+                        warn!(channel, error = %e, "cannot subscribe now; retrying while the join waits");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(wait, live).await.unwrap_or_else(|_| {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            Err(errors::pg_wait_timeout(ms))
+        });
+        if let Err(message) = &outcome {
+            info!(channel, %message, "postgres_changes join refused (wait)");
+            self.registry.remove(channel);
+        }
+        outcome
+    }
+
+    /// Returns once the replication stream is up (or the channel left): "Subscribed"
+    /// promises that the changes committed from now on will come, true only once the
+    /// stream (and so the slot) is up.
+    async fn wait_streaming(&self, channel: ChannelId) {
+        while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.registry.get(channel).is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether the configured publication exists.
     async fn publication_exists(&self) -> Result<bool, tokio_postgres::Error> {
         let conn = self.pool.checkout().await?;
@@ -162,13 +221,9 @@ impl PgChanges {
                     if !self.registry.update(channel, subs) {
                         return;
                     }
-                    // "Subscribed" promises that the changes committed from now on will
-                    // come: true only once the stream (and so the slot) is up.
-                    while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
-                        if self.registry.get(channel).is_none() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.wait_streaming(channel).await;
+                    if self.registry.get(channel).is_none() {
+                        return;
                     }
                     system(&entry, true, errors::PG_SUBSCRIBED);
                     return;

@@ -269,7 +269,7 @@ where
     loop {
         let liveness = last_any + if pinged { ping_every * 2 } else { ping_every };
         let mut deadline = liveness.min(last_msg + idle);
-        if let Some(exp) = session.next_expiry_ms() {
+        if let Some(exp) = session.next_timer_ms() {
             let wait = Duration::from_millis(u64::try_from(exp - now_ms()).unwrap_or(0));
             deadline = deadline.min(Instant::now() + wait);
         }
@@ -330,7 +330,7 @@ where
                     outbox.push_control(Outgoing::Ping);
                     pinged = true;
                 }
-                session.expire_tokens();
+                session.on_timer();
             }
             _ = shutdown.changed() => {
                 session.announce_disconnect();
