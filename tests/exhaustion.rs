@@ -133,6 +133,38 @@ async fn stalled_sockets_are_closed_after_the_header_timeout() {
     );
 }
 
+/// After the upgrade, a socket that sends no frame at all is pinged after
+/// PING_INTERVAL_MS and dropped after twice that (no extra first-frame deadline is needed:
+/// supabase-js and the Python client answer pings, so they never trip it).
+#[tokio::test]
+async fn an_upgraded_socket_that_sends_nothing_is_dropped_after_two_ping_intervals() {
+    let s = Server::start_with(&[("PING_INTERVAL_MS", "400")]).await;
+    let mut sock = TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    let req = format!(
+        "GET /realtime/v1/websocket?{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ws_query()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut sock, Duration::from_secs(3)).await,
+        "still open after 3 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Out of descriptors because of WebSockets (which count toward MAX_CONCURRENT_USERS, not
 /// the pending cap): the open connections keep being served, `accept failed` is logged
 /// once, not per attempt, and once descriptors are free again new clients get in.
