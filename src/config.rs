@@ -116,6 +116,22 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// An HTTP connection must send a complete request head within this long, counted
+    /// from the connection (or the previous response); otherwise it is closed. Covers
+    /// sockets that send nothing or half a header.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// Connections accepted but not upgraded to a WebSocket (yet); beyond, the oldest is
+    /// closed to make room. Also kept under half the open-file limit (less 64).
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
+    pub max_pending_connections: usize,
+
+    /// Longest topic a join may name, in bytes, `realtime:` included (V2's binary frames
+    /// cannot carry more than 255); beyond, `TopicNameTooLong: …`.
+    #[arg(long, env = "MAX_TOPIC_BYTES", default_value_t = 255)]
+    pub max_topic_bytes: usize,
+
     /// Largest WebSocket message accepted, in bytes (Supabase: 5,000,000).
     #[arg(long, env = "MAX_FRAME_SIZE", default_value_t = 5_000_000)]
     pub max_frame_size: usize,

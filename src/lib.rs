@@ -47,11 +47,16 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let verifier =
         Verifier::new(config.jwt_secret.as_deref(), jwks.as_deref()).map_err(|e| format!("JWT configuration: {e}"))?;
 
-    // Each client is a socket: use the whole file-descriptor allowance we are given.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => info!(limit = n, "open file limit"),
-        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
-    }
+    // Each client is a socket: use the whole file-descriptor allowance we are given, and
+    // keep stalled (not yet upgraded) connections well under it.
+    let nofile = server::nofile::raise();
+    let pending_cap = server::nofile::pending_cap(config.max_pending_connections, nofile);
+    server::nofile::report(
+        config.max_pending_connections,
+        pending_cap,
+        config.max_concurrent_users,
+        nofile,
+    );
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -103,7 +108,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         info!("shutdown signal received");
         let _ = shutdown_tx.send(true);
     });
-    server::serve(listener, app, shutdown_rx).await;
+    server::serve(listener, app, shutdown_rx, pending_cap).await;
     Ok(())
 }
 

@@ -311,7 +311,17 @@ async fn unknown_binary_types_and_encodings_are_dropped() {
 async fn huge_topic_and_event_names() {
     let s = Server::start().await;
     let w = Witness::new(&s).await;
-    let topic = format!("realtime:{}", "t".repeat(200_000));
+    // Topics are capped at MAX_TOPIC_BYTES (255 by default, `realtime:` included) ...
+    let mut c = s.connect("2.0.0").await;
+    let too_long = format!("realtime:{}", "t".repeat(200_000));
+    let (_, reply) = c.join_with(&too_long, config(json!({})), None).await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"response": {"reason": "TopicNameTooLong: The topic name is longer than 255 bytes"}, "status": "error"})
+    );
+    heartbeat(&mut c, "after-long-topic").await;
+    // ... a topic at the limit and a huge event name are fine.
+    let topic = format!("realtime:{}", "t".repeat(255 - "realtime:".len()));
     let event = "e".repeat(100_000);
     let (mut c, join_ref) = self_joined(&s, "2.0.0", &topic).await;
     c.push(
@@ -592,6 +602,40 @@ async fn invalid_utf8_in_a_text_frame_closes_only_that_connection() {
         }
     }
     assert_eq!(code, Some(1007), "close frame in {read:?}");
+    w.still_served(&s).await;
+}
+
+/// RFC 6455 §5.1: a client frame without a mask closes the connection with 1002, however
+/// valid its payload; other clients are unaffected.
+#[tokio::test]
+async fn an_unmasked_client_frame_closes_only_that_connection() {
+    let s = Server::start().await;
+    let w = Witness::new(&s).await;
+    let heartbeat = br#"[null,"1","phoenix","heartbeat",{}]"#;
+    // FIN + text, no mask bit, then the payload in clear; and the same as a ping.
+    let mut text = vec![0x81u8, heartbeat.len() as u8];
+    text.extend_from_slice(heartbeat);
+    let ping = vec![0x89u8, 0x02, b'h', b'i'];
+    for raw in [text, ping] {
+        let mut c = s.connect("2.0.0").await;
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = Vec::new();
+            if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.ws.get_mut() {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                tcp.write_all(&raw).await.unwrap();
+                let _ = tcp.read_to_end(&mut buf).await;
+            }
+            buf
+        })
+        .await
+        .expect("the server ends the connection");
+        // Nothing but the close frame: 0x88, length, code 1002.
+        assert_eq!(
+            read.get(..4),
+            Some(&[0x88, 0x02, 0x03, 0xea][..]),
+            "got {read:?} for {raw:?}"
+        );
+    }
     w.still_served(&s).await;
 }
 

@@ -26,6 +26,11 @@ pub const REPLAY_PUBLIC: &str = "UnableToReplayMessages: Replay is not allowed f
 pub const REPLAY_INVALID: &str = "UnableToReplayMessages: Replay params are not valid";
 /// Join refused: the stored messages could not be read.
 pub const REPLAY_FAILED: &str = "UnableToReplayMessages: Realtime was unable to replay messages";
+/// Join refused: the topic is longer than `MAX_TOPIC_BYTES`. Supabase has no such limit
+/// (its topics are short identifiers in practice); the text follows its `Code: message` style.
+pub fn topic_too_long(max_bytes: usize) -> String {
+    format!("TopicNameTooLong: The topic name is longer than {max_bytes} bytes")
+}
 /// Reply to a push on a topic the socket has not joined.
 pub const UNMATCHED_TOPIC: &str = "unmatched topic";
 /// Reply to a presence track whose payload is not a JSON object.

@@ -22,6 +22,20 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         return s.reply(None, ref_, topic, Status::Error, &reason);
     };
 
+    // Before anything is kept for the channel. Refused at once, not after the join error
+    // backoff: a delayed reply would hold the (echoed) long topic in memory meanwhile,
+    // while an immediate one goes through the outbox, whose byte bound disconnects a
+    // client that floods it. With MAX_CHANNELS_PER_CLIENT this bounds the topic bytes a
+    // connection keeps.
+    let max_topic = s.app.config.max_topic_bytes;
+    if topic.len() > max_topic {
+        info!(bytes = topic.len(), max = max_topic, "join refused: topic too long");
+        crate::observability::metrics::join_refused();
+        crate::observability::limit_rejected("topic_bytes");
+        let reason = encode::reason(&errors::topic_too_long(max_topic));
+        return s.reply(join_ref, ref_, topic, Status::Error, &reason);
+    }
+
     // A second join of the same topic on one socket replaces the first (Phoenix closes
     // the old channel, with its own join_ref, before handling the new join).
     if let Some(old) = s.channels.remove(topic) {

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::guard::{FrameGuard, MessageTooBig};
+use super::guard::{FrameGuard, MessageTooBig, UnmaskedFrame};
 use super::outbox::{Closed, Outbox, Outgoing};
 use crate::app::{now_ms, App};
 use crate::channel::Session;
@@ -228,6 +228,9 @@ fn broken(e: &WebSocketError) -> Option<End> {
     match e {
         WebSocketError::IoError(io) if io.get_ref().is_some_and(|inner| inner.is::<MessageTooBig>()) => {
             Some(End::TooBig)
+        }
+        WebSocketError::IoError(io) if io.get_ref().is_some_and(|inner| inner.is::<UnmaskedFrame>()) => {
+            Some(End::Protocol)
         }
         WebSocketError::FrameTooLarge => Some(End::TooBig),
         WebSocketError::InvalidUTF8 => Some(End::NotUtf8),

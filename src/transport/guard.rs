@@ -8,6 +8,8 @@
 //! (RFC 6455 §5.2) as the bytes pass and fails the read as soon as a frame, or a
 //! fragmented message in total, is over the limit.
 //!
+//! It also refuses unmasked client frames (RFC 6455 §5.1), which fastwebsockets reads.
+//!
 //! Its second job is memory. fastwebsockets' reader owns an 8 KB buffer for its whole
 //! life, which would be most of an idle connection's footprint. Because this adapter never
 //! hands up a byte past the end of the frame being read, fastwebsockets' buffer is empty
@@ -34,6 +36,19 @@ impl std::fmt::Display for MessageTooBig {
 }
 
 impl std::error::Error for MessageTooBig {}
+
+/// The read error for a client frame without a mask (RFC 6455 §5.1: the server closes the
+/// connection, with 1002).
+#[derive(Debug)]
+pub struct UnmaskedFrame;
+
+impl std::fmt::Display for UnmaskedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unmasked client frame")
+    }
+}
+
+impl std::error::Error for UnmaskedFrame {}
 
 /// Socket reads go through a stack buffer of this size (never held across an await).
 const CHUNK: usize = 8 * 1024;
@@ -78,6 +93,11 @@ impl Framing {
                     used += 1;
                     if *have < 2 {
                         continue;
+                    }
+                    // fastwebsockets unmasks when a key is present but accepts frames
+                    // without one; a client must always mask.
+                    if buf[1] & 0x80 == 0 {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, UnmaskedFrame));
                     }
                     let ext = match buf[1] & 0x7f {
                         126 => 2,
@@ -310,6 +330,16 @@ mod tests {
         assert!(g.framing.scan(&header(2, true, 1 << 60)).is_err());
         let mut g = FrameGuard::new((), 5_000_000);
         assert!(g.framing.scan(&header(1, true, 5_000_001)).is_err());
+    }
+
+    #[test]
+    fn refuses_unmasked_frames_at_the_second_byte() {
+        let mut g = FrameGuard::new((), 100);
+        let err = g.framing.scan(&[0x81, 0x02, b'[', b']']).unwrap_err();
+        assert!(err.get_ref().is_some_and(|e| e.is::<UnmaskedFrame>()));
+        let mut g = FrameGuard::new((), 100);
+        assert_eq!(g.framing.scan(&[0x81]).unwrap(), 1, "one byte cannot tell yet");
+        assert!(g.framing.scan(&[0x02]).is_err());
     }
 
     #[test]

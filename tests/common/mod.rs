@@ -31,7 +31,22 @@ impl Server {
 
     /// Starts the binary with test-friendly settings plus `env`.
     pub async fn start_with(env: &[(&str, &str)]) -> Server {
-        Server::spawn(env, false).await.0
+        Server::spawn(env, false, None).await.0
+    }
+
+    /// Starts the binary under an open-file limit of `nofile` (soft and hard, so the
+    /// server cannot raise it), capturing stderr like [`Server::start_capturing_stderr`].
+    pub async fn start_with_nofile(
+        nofile: u64,
+        env: &[(&str, &str)],
+    ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (server, rx) = Server::spawn(env, true, Some(nofile)).await;
+        (server, rx.expect("stderr is captured"))
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
     }
 
     /// Spawns the binary and waits for its listening line. With `capture`, every stderr
@@ -39,8 +54,20 @@ impl Server {
     async fn spawn(
         env: &[(&str, &str)],
         capture: bool,
+        nofile: Option<u64>,
     ) -> (Server, Option<tokio::sync::mpsc::UnboundedReceiver<String>>) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime"));
+        // REALTIME_BIN runs the tests against another build (e.g. the previous commit's,
+        // to see a new test fail before its fix).
+        let bin = std::env::var("REALTIME_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_realtime").to_owned());
+        let mut cmd = match nofile {
+            // `ulimit -n` sets the soft and the hard limit; exec keeps the pid.
+            Some(n) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\"")).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         let log = if capture {
             "warn".to_owned()
         } else {
@@ -364,7 +391,7 @@ impl Server {
     pub async fn start_capturing_stderr(
         env: &[(&str, &str)],
     ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let (server, rx) = Server::spawn(env, true).await;
+        let (server, rx) = Server::spawn(env, true, None).await;
         let rx = rx.expect("stderr is captured");
         (server, rx)
     }

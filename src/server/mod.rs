@@ -1,5 +1,9 @@
 //! The accept loop and HTTP routing: WebSocket upgrades go to [`crate::transport`], API
 //! calls to [`crate::api`]. Knows nothing about channels.
+//!
+//! Connections that are not WebSockets yet are bounded ([`pending`]): a header read
+//! timeout, a cap that evicts the oldest, and an accept loop that survives running out of
+//! file descriptors ([`accept`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,37 +13,70 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
+
+mod accept;
+pub mod nofile;
+mod pending;
+
+pub use pending::Pending;
 
 use crate::app::App;
 use crate::http::{json_error, plain, Body};
 
 /// Serves until `shutdown` flips to true, then waits for connections to drain (at most
 /// the configured shutdown timeout).
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>, pending_cap: usize) {
+    let pending = Pending::new(pending_cap);
+    let mut http = http1::Builder::new();
+    // Covers the request head, the wait for the first byte, and keep-alive waits between
+    // requests (hyper restarts the timer for each head).
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(app.config.http_header_timeout_ms.max(1)));
+    let http = Arc::new(http);
+    let mut failures = accept::Failures::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    failures.accepted();
                     // Small frames are the norm; do not let Nagle delay them.
                     let _ = stream.set_nodelay(true);
+                    let (ticket, evicted) = pending.admit();
+                    if evicted > 0 {
+                        crate::observability::limit_rejected("pending_connections");
+                        debug!(evicted, cap = pending.cap(), "pending connection cap reached: closed the oldest");
+                    }
                     let app = app.clone();
+                    let http = http.clone();
                     let span = crate::observability::connection_span(peer);
                     tokio::spawn(tracing::Instrument::instrument(async move {
                         let service = service_fn(move |req| route(app.clone(), req));
-                        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
-                        if let Err(e) = conn.await {
-                            debug!(%peer, error = %e, "HTTP connection ended with an error");
+                        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                        // The ticket lives until the connection is upgraded (hyper hands the
+                        // socket over and this future ends) or closed.
+                        let mut ticket = ticket;
+                        tokio::select! {
+                            ended = conn => if let Err(e) = ended {
+                                debug!(%peer, error = %e, "HTTP connection ended with an error");
+                            },
+                            _ = &mut ticket.evicted => debug!(%peer, "pending connection evicted to make room"),
                         }
+                        drop(ticket);
                     }, span));
                 }
                 Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let out_of_files = accept::out_of_files(&e);
+                    // Free a descriptor for the next connection: the oldest pending
+                    // connection is the likeliest to be a stalled one.
+                    if out_of_files && pending.evict_oldest() {
+                        crate::observability::limit_rejected("pending_connections");
+                    }
+                    let pause = failures.failed(&e, out_of_files, pending.len());
+                    tokio::time::sleep(pause).await;
                 }
             },
             _ = shutdown.changed() => break,
