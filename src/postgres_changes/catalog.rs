@@ -277,6 +277,22 @@ impl Catalog {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Whether a relation of this (quoted, qualified) name exists.
+    pub async fn exists(&self, qualified: &str) -> Result<bool, tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        let row = conn
+            .query_one("select to_regclass($1) is not null", &[&qualified])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The server's `wal_level`.
+    pub async fn wal_level(&self) -> Result<String, tokio_postgres::Error> {
+        let conn = self.pool.checkout().await?;
+        let row = conn.query_one("select current_setting('wal_level')", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Compiles a regex the way Postgres will (`'' ~ $1`), surfacing its error text.
     pub async fn check_regex(&self, pattern: &str) -> Result<(), tokio_postgres::Error> {
         let conn = self.pool.checkout().await?;

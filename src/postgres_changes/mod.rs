@@ -8,6 +8,7 @@
 //! * [`dispatch`]: filters ([`filter`]), RLS ([`rls`]), payloads ([`payload`]), fan-out.
 
 pub mod catalog;
+mod diagnose;
 pub mod dispatch;
 pub mod filter;
 pub mod payload;
@@ -220,6 +221,12 @@ impl PgChanges {
                 Ok(subs) => {
                     if !self.registry.update(channel, subs) {
                         return;
+                    }
+                    if !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+                        // A stream that cannot start at all should say why, not stay silent.
+                        if let Some(message) = diagnose::wal_level(&self.catalog).await {
+                            system(&entry, false, &message);
+                        }
                     }
                     self.wait_streaming(channel).await;
                     if self.registry.get(channel).is_none() {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tracing::debug;
 
 use super::catalog::{Catalog, TableInfo};
+use super::diagnose;
 use super::filter::{Compiled, Family, IsValue, Operand};
 
 /// One binding resolved to one table.
@@ -55,10 +56,15 @@ pub async fn resolve(
             .await
             .map_err(|e| database_error(&binding, &e))?;
         if tables.is_empty() {
-            return Err(SubscribeError::Rejected(format!(
+            let mut message = format!(
                 "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: {}",
                 binding.inspect()
-            )));
+            );
+            if let Some(hint) = diagnose::not_published(catalog, publication, &binding.schema, &binding.table).await {
+                message.push_str(". ");
+                message.push_str(&hint);
+            }
+            return Err(SubscribeError::Rejected(message));
         }
         for oid in tables {
             let Some(table) = catalog.table(oid).await.map_err(|e| database_error(&binding, &e))? else {
@@ -112,7 +118,16 @@ async fn compile(
     role: &str,
     max_in_values: usize,
 ) -> Result<Subscription, String> {
-    let access = catalog.access(role, table).await.map_err(|e| exception_text(&e))?;
+    let access = catalog.access(role, table).await.map_err(|e| {
+        let text = exception_text(&e);
+        match e.code() {
+            Some(code) if *code == tokio_postgres::error::SqlState::UNDEFINED_OBJECT => {
+                format!("{text}. {}", diagnose::missing_role(role))
+            }
+            _ => text,
+        }
+    })?;
+    diagnose::check_select(role, table, &access);
     let readable = |name: &str| {
         table
             .column(name)

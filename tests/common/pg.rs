@@ -10,6 +10,7 @@ pub struct Pg {
     dir: PathBuf,
     pub port: u16,
     bindir: PathBuf,
+    wal_level: &'static str,
 }
 
 fn bindir() -> PathBuf {
@@ -48,6 +49,11 @@ fn as_postgres(bin: &Path, args: &[&str]) {
 
 impl Pg {
     pub fn start() -> Pg {
+        Pg::start_with_wal_level("logical")
+    }
+
+    /// A cluster with another `wal_level` (to test what the server says about it).
+    pub fn start_with_wal_level(wal_level: &'static str) -> Pg {
         let dir = std::env::temp_dir().join(format!("realtime-pg-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let status = Command::new("chown")
@@ -77,6 +83,7 @@ impl Pg {
             dir,
             port: free_port(),
             bindir,
+            wal_level,
         };
         pg.pg_start();
         pg
@@ -84,7 +91,8 @@ impl Pg {
 
     fn pg_start(&self) {
         let opts = format!(
-            "-c wal_level=logical -c max_wal_senders=20 -c max_replication_slots=20 -c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off",
+            "-c wal_level={} -c max_wal_senders=20 -c max_replication_slots=20 -c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off",
+            self.wal_level,
             self.port,
             self.dir.display()
         );
