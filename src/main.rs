@@ -1,12 +1,33 @@
-//! The `realtime` binary: configuration, tracing, then [`realtime::run`].
+//! The `realtime` binary: configuration, tracing, then [`realtime::run`], or one of the
+//! subcommands ([`realtime::cli`]): `realtime token` prints a JWT, `realtime dev` (also
+//! `DATABASE_URL=dev`) serves against a throwaway PostgreSQL.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use realtime::cli::Command;
 use realtime::config::Config;
+use realtime::dev::DevArgs;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    match config.command.clone() {
+        Some(Command::Token(args)) => match realtime::cli::token::run(&config, &args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("realtime token: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Dev(args)) => serve(config, Some(args)),
+        None if config.database_url.as_deref() == Some("dev") => serve(config, Some(DevArgs::default())),
+        None => serve(config, None),
+    }
+}
+
+/// Serves until SIGTERM/SIGINT; with `dev`, on a throwaway database stopped afterwards.
+fn serve(mut config: Config, dev: Option<DevArgs>) -> ExitCode {
     realtime::observability::logging::init(config.observability.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -15,7 +36,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(realtime::run(config)) {
+    let (cluster, result) = match dev {
+        None => (None, runtime.block_on(realtime::run(config))),
+        Some(args) => match runtime.block_on(realtime::dev::prepare(&mut config, &args)) {
+            Ok(prepared) => (
+                Some(prepared.cluster),
+                runtime.block_on(realtime::run_with(config, prepared.banner)),
+            ),
+            Err(e) => (None, Err(format!("realtime dev: {e}"))),
+        },
+    };
+    // Stop the replication tasks before their database goes away (no reconnect noise).
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    if let Some(cluster) = cluster {
+        cluster.finish();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "realtime stopped");

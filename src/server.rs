@@ -20,6 +20,11 @@ use crate::http::{json_error, plain, Body};
 /// Serves until `shutdown` flips to true, then waits for connections to drain (at most
 /// the configured shutdown timeout).
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    // Each HTTP connection task holds a clone; an upgraded WebSocket outlives its HTTP
+    // task but is counted by `limits.connections()` from before the 101 until it closes.
+    // Counting these, not references to `app`, lets an idle server exit at once: the
+    // background tasks (presence flusher, replication) hold `app` for the process' life.
+    let http_tasks = Arc::new(());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -28,10 +33,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     let _ = stream.set_nodelay(true);
                     let app = app.clone();
                     let span = crate::observability::connection_span(peer);
+                    let task = http_tasks.clone();
                     tokio::spawn(tracing::Instrument::instrument(async move {
+                        let _task = task;
+                        let mut stop = app.shutdown.clone();
+                        let stopping = async move {
+                            let _ = stop.wait_for(|stopping| *stopping).await;
+                        };
                         let service = service_fn(move |req| route(app.clone(), req));
                         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
-                        if let Err(e) = conn.await {
+                        let mut conn = std::pin::pin!(conn);
+                        // An idle keep-alive connection closes at shutdown; one serving a
+                        // request finishes it first.
+                        let ended = tokio::select! {
+                            ended = conn.as_mut() => ended,
+                            () = stopping => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = ended {
                             debug!(%peer, error = %e, "HTTP connection ended with an error");
                         }
                     }, span));
@@ -48,8 +69,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     drop(listener);
     info!("shutting down: draining connections");
     let deadline = tokio::time::Instant::now() + Duration::from_millis(app.config.shutdown_timeout_ms);
-    // Every connection task holds a clone of `app`; when only ours is left, all are done.
-    while Arc::strong_count(&app) > 1 && tokio::time::Instant::now() < deadline {
+    while (Arc::strong_count(&http_tasks) > 1 || app.limits.connections() > 0) && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
