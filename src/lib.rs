@@ -108,6 +108,7 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.clone()));
 
+    let signal = shutdown_signal();
     // Scripts and tests read the bound address from this first stdout line; what a user
     // copies (keys, DATABASE_URL) follows as plain lines, never inside log lines.
     let mut stdout = std::io::stdout();
@@ -119,7 +120,7 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
     info!(%local, "listening");
 
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         info!("shutdown signal received");
         let _ = shutdown_tx.send(true);
     });
@@ -210,25 +211,39 @@ fn spawn_history_sweep(app: &std::sync::Arc<App>) {
     });
 }
 
-async fn wait_for_signal() {
+/// Registers SIGTERM/SIGINT now and returns a future that resolves on either. Called
+/// before the listening line is printed: a script that sends SIGTERM as soon as it reads
+/// that line must reach the graceful path, not the default action that kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (term, int) => {
+                    warn!(
+                        term = term.is_ok(),
+                        int = int.is_ok(),
+                        "cannot register signal handlers; Ctrl-C only"
+                    );
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

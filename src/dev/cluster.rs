@@ -177,7 +177,7 @@ impl Cluster {
         let path = self.bindir.join(bin);
         let mut cmd = match &self.run_as {
             Some(user) => {
-                let mut c = Command::new("runuser");
+                let mut c = Command::new(runuser());
                 c.args(["-u", user, "--"]).arg(&path);
                 c
             }
@@ -243,6 +243,25 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     ))
+}
+
+/// `runuser` lives in sbin, which a non-login root shell may not have on PATH.
+fn runuser() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("runuser"))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_default();
+    on_path
+        .or_else(|| {
+            ["/usr/sbin/runuser", "/sbin/runuser"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("runuser"))
 }
 
 fn is_root() -> bool {
