@@ -21,8 +21,25 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Dev(args)) => serve(config, Some(args)),
+        Some(Command::Db(realtime::cli::db::DbCommand::Init)) => db_init(&config),
         None if config.database_url.as_deref() == Some("dev") => serve(config, Some(DevArgs::default())),
         None => serve(config, None),
+    }
+}
+
+/// `realtime db init`: a one-off on a small runtime.
+fn db_init(config: &Config) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(realtime::cli::db::init(config.database_url.as_deref())));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("realtime db init: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

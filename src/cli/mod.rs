@@ -1,7 +1,9 @@
 //! Subcommands of the `realtime` binary besides serving: `realtime token` mints JWTs for
-//! local use and scripts, `realtime dev` serves against a throwaway PostgreSQL. They live
+//! local use and scripts, `realtime dev` serves against a throwaway PostgreSQL, `realtime
+//! db init` adds Supabase's roles and `auth.*` helpers to a plain PostgreSQL. They live
 //! apart from [`crate::config`] so the server's settings stay one flat list.
 
+pub mod db;
 pub mod token;
 
 use clap::Subcommand;
@@ -15,6 +17,9 @@ pub enum Command {
     /// Serve with a throwaway PostgreSQL (wal_level=logical, Supabase-shaped roles, a
     /// demo table) so Postgres Changes work with no setup; removed on exit.
     Dev(crate::dev::DevArgs),
+    /// Database set-up for Postgres Changes on a plain PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 /// The secret `realtime dev` and `realtime token` use when JWT_SECRET is unset. Public
