@@ -55,6 +55,7 @@ pub async fn prepare(config: &mut Config, args: &DevArgs) -> Result<Prepared, St
 
     config.database_url = Some(url.clone());
     if config.jwt_secret.is_none() && config.jwt_jwks.is_none() {
+        tracing::warn!("realtime dev: keys are signed with the public development secret; never expose this server");
         config.jwt_secret = Some(crate::cli::DEV_JWT_SECRET.to_owned());
     }
     if std::env::var_os("REPLICATION_START_DELAY_MS").is_none() {
