@@ -218,6 +218,10 @@ pub struct Config {
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+
+    /// `token` or `dev`; none = serve.
+    #[command(subcommand)]
+    pub command: Option<crate::cli::Command>,
 }
 
 impl Config {

@@ -11,8 +11,10 @@ pub mod auth;
 pub mod authorization;
 pub mod broadcast;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod db_broadcast;
+pub mod dev;
 pub mod fanout;
 pub mod http;
 pub mod limits;
@@ -34,15 +36,29 @@ use crate::app::{now_ms, App};
 use crate::auth::Verifier;
 use crate::config::Config;
 
+/// Lines printed on stdout after the listening line, given the bound address (what
+/// `realtime dev` tells the user: its database, keys and a snippet).
+pub type Banner = Box<dyn FnOnce(SocketAddr) -> Vec<String> + Send>;
+
 /// Runs the server until SIGINT/SIGTERM.
-pub async fn run(mut config: Config) -> Result<(), String> {
+pub async fn run(config: Config) -> Result<(), String> {
+    run_with(config, Box::new(|_| Vec::new())).await
+}
+
+/// [`run`], printing `banner`'s lines on stdout after the listening line.
+pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> {
     observability::init();
     let jwks = match config.jwt_jwks.as_deref() {
         Some(v) => Some(auth::load_jwks(v).map_err(|e| format!("JWT_JWKS: {e}"))?),
         None => None,
     };
+    let mut key_lines = Vec::new();
     if config.jwt_secret.is_none() && jwks.is_none() {
-        config.jwt_secret = Some(development_secret()?);
+        let (secret, lines) = development_secret()?;
+        config.jwt_secret = Some(secret);
+        key_lines = lines;
+    } else if let Some(warning) = config.jwt_secret.as_deref().and_then(short_secret_warning) {
+        warn!("{warning}");
     }
     let verifier =
         Verifier::new(config.jwt_secret.as_deref(), jwks.as_deref()).map_err(|e| format!("JWT configuration: {e}"))?;
@@ -97,14 +113,19 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.clone()));
 
-    // Scripts and tests read the bound address from this first stdout line.
+    let signal = shutdown_signal();
+    // Scripts and tests read the bound address from this first stdout line; what a user
+    // copies (keys, DATABASE_URL) follows as plain lines, never inside log lines.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "realtime-rs listening on {local}");
+    for line in key_lines.into_iter().chain(banner(local)) {
+        let _ = writeln!(stdout, "{line}");
+    }
     let _ = stdout.flush();
     info!(%local, "listening");
 
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         info!("shutdown signal received");
         let _ = shutdown_tx.send(true);
     });
@@ -195,44 +216,76 @@ fn spawn_history_sweep(app: &std::sync::Arc<App>) {
     });
 }
 
-async fn wait_for_signal() {
+/// Registers SIGTERM/SIGINT now and returns a future that resolves on either. Called
+/// before the listening line is printed: a script that sends SIGTERM as soon as it reads
+/// that line must reach the graceful path, not the default action that kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (term, int) => {
+                    warn!(
+                        term = term.is_ok(),
+                        int = int.is_ok(),
+                        "cannot register signal handlers; Ctrl-C only"
+                    );
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-/// Development mode: no JWT configuration was given. Generates a secret and prints
-/// tokens that work against it, loudly.
-fn development_secret() -> Result<String, String> {
+/// Development mode: no JWT configuration was given. Generates a secret and returns it
+/// with the stdout lines that hand out tokens working against it (`JWT_SECRET=`,
+/// `ANON_KEY=`, `SERVICE_ROLE_KEY=`, ready for a `.env`).
+fn development_secret() -> Result<(String, Vec<String>), String> {
     let secret = auth::random_secret();
+    let lines = development_keys(&secret)?;
+    warn!("JWT_SECRET and JWT_JWKS are unset: DEVELOPMENT MODE with a random secret (keys on stdout). Do not use in production.");
+    Ok((secret, lines))
+}
+
+/// `JWT_SECRET=…`, `ANON_KEY=…` and `SERVICE_ROLE_KEY=…` for `secret` (keys valid ten years).
+pub fn development_keys(secret: &str) -> Result<Vec<String>, String> {
     let exp = now_ms() / 1000 + 10 * 365 * 24 * 3600;
     let token = |role: &str| {
         auth::sign_hs256(
-            &secret,
+            secret,
             &serde_json::json!({"role": role, "iss": "realtime-rs-dev", "iat": now_ms() / 1000, "exp": exp}),
         )
     };
-    let anon = token("anon")?;
-    let service = token("service_role")?;
-    warn!("JWT_SECRET and JWT_JWKS are unset: DEVELOPMENT MODE with a random secret. Do not use in production.");
-    eprintln!(
-        "\n  realtime-rs development mode (set JWT_SECRET for real use)\n  JWT_SECRET={secret}\n  anon key:         {anon}\n  service_role key: {service}\n"
-    );
-    Ok(secret)
+    Ok(vec![
+        format!("JWT_SECRET={secret}"),
+        format!("ANON_KEY={}", token("anon")?),
+        format!("SERVICE_ROLE_KEY={}", token("service_role")?),
+    ])
+}
+
+/// HS256 with a short secret is open to offline guessing from any one token (RFC 7518
+/// §3.2 asks for a key at least as long as the hash: 32 bytes).
+pub fn short_secret_warning(secret: &str) -> Option<String> {
+    (secret.len() < 32).then(|| {
+        format!(
+            "JWT_SECRET is {} bytes long: an HS256 secret shorter than 32 bytes can be guessed \
+             offline from any token it signed; use 32 random bytes or more (`openssl rand -base64 32`)",
+            secret.len()
+        )
+    })
 }

@@ -38,6 +38,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
         .header_read_timeout(Duration::from_millis(app.config.http_header_timeout_ms.max(1)));
     let http = Arc::new(http);
     let mut failures = accept::Failures::default();
+    // Each HTTP connection task holds a clone; an upgraded WebSocket outlives its HTTP
+    // task but is counted by `limits.connections()` from before the 101 until it closes.
+    // Counting these, not references to `app`, lets an idle server exit at once: the
+    // background tasks (presence flusher, replication) hold `app` for the process' life.
+    let http_tasks = Arc::new(());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -53,17 +58,31 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     let app = app.clone();
                     let http = http.clone();
                     let span = crate::observability::connection_span(peer);
+                    let task = http_tasks.clone();
                     tokio::spawn(tracing::Instrument::instrument(async move {
+                        let _task = task;
+                        let mut stop = app.shutdown.clone();
+                        let stopping = async move {
+                            let _ = stop.wait_for(|stopping| *stopping).await;
+                        };
                         let service = service_fn(move |req| route(app.clone(), req));
                         let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                        let mut conn = std::pin::pin!(conn);
                         // The ticket lives until the connection is upgraded (hyper hands the
-                        // socket over and this future ends) or closed.
+                        // socket over and this future ends) or closed. An idle keep-alive
+                        // connection closes at shutdown; one serving a request finishes it.
                         let mut ticket = ticket;
                         tokio::select! {
-                            ended = conn => if let Err(e) = ended {
+                            ended = conn.as_mut() => if let Err(e) = ended {
                                 debug!(%peer, error = %e, "HTTP connection ended with an error");
                             },
                             _ = &mut ticket.evicted => debug!(%peer, "pending connection evicted to make room"),
+                            () = stopping => {
+                                conn.as_mut().graceful_shutdown();
+                                if let Err(e) = conn.await {
+                                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                                }
+                            }
                         }
                         drop(ticket);
                     }, span));
@@ -85,8 +104,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     drop(listener);
     info!("shutting down: draining connections");
     let deadline = tokio::time::Instant::now() + Duration::from_millis(app.config.shutdown_timeout_ms);
-    // Every connection task holds a clone of `app`; when only ours is left, all are done.
-    while Arc::strong_count(&app) > 1 && tokio::time::Instant::now() < deadline {
+    while (Arc::strong_count(&http_tasks) > 1 || app.limits.connections() > 0) && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
