@@ -40,7 +40,7 @@ pub async fn not_published(catalog: &Catalog, publication: &str, schema: &str, t
 /// The hint for a role that does not exist (`42704`, the JWT's `role` claim).
 pub fn missing_role(role: &str) -> String {
     let hint = format!(
-        "The database has no role {}: the JWT's role claim names the role changes are read as. Create it and let the server's user switch to it: create role {} nologin; grant {} to current_user; grant usage on schema public to {}; (README: "On a plain (non-Supabase) PostgreSQL")",
+        "The database has no role {}: the JWT's role claim names the role changes are read as. Create it and let the server's user switch to it: create role {} nologin; grant {} to current_user; grant usage on schema public to {}; (README: On a plain (non-Supabase) PostgreSQL)",
         quote_ident(role),
         quote_ident(role),
         quote_ident(role),
