@@ -4,7 +4,7 @@
 //!
 //! * [`subscribe`]: bindings → subscriptions checked against the [`catalog`].
 //! * [`registry`]: which channel wants which table.
-//! * [`replication`]: the streaming task and LSN acknowledgement.
+//! * [`replication`]: this capability as a sink of the replication driver.
 //! * [`dispatch`]: filters ([`filter`]), RLS ([`rls`]), payloads ([`payload`]), fan-out.
 
 pub mod catalog;
@@ -17,7 +17,7 @@ pub mod replication;
 pub mod rls;
 pub mod subscribe;
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,10 +48,6 @@ pub struct PgChanges {
     connected: AtomicBool,
     /// Subscribers were told the database is gone; tell them when it is back.
     outage: AtomicBool,
-    /// End LSN of the last transaction delivered and acknowledged by this process.
-    /// PostgreSQL 15 can stream acknowledged transactions again after it restarts (the
-    /// slot's position is saved only at checkpoints), so older ones are skipped.
-    last_acked: AtomicU64,
 }
 
 /// Settings of the service.
@@ -73,6 +69,8 @@ pub struct Settings<'a> {
     pub max_in_values: usize,
     /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
     pub start_delay: Duration,
+    /// Becomes true at shutdown (the stream then acknowledges what it delivered).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PgChanges {
@@ -95,9 +93,8 @@ impl PgChanges {
             max_in_values: settings.max_in_values,
             connected: AtomicBool::new(false),
             outage: AtomicBool::new(false),
-            last_acked: AtomicU64::new(0),
         });
-        tokio::spawn(replication::run(pg.clone(), settings.start_delay));
+        tokio::spawn(replication::run(pg.clone(), settings.start_delay, settings.shutdown));
         info!(
             publication = settings.publication,
             slot = settings.slot,
