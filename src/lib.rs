@@ -22,6 +22,7 @@ pub mod observability;
 pub mod postgres_changes;
 pub mod presence;
 pub mod realtime_schema;
+pub mod replication;
 pub mod server;
 pub mod transport;
 
@@ -102,6 +103,7 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
             max_record_bytes: config.max_record_bytes,
             max_in_values: config.max_in_filter_values,
             start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
+            shutdown: shutdown_rx.clone(),
         })?),
         None => None,
     };

@@ -394,3 +394,59 @@ async fn json_warnings_carry_the_connection_id_at_warn_level() {
     assert_eq!(warning["level"], "WARN", "{warning}");
     assert!(warning["span"]["conn_id"].is_u64(), "{warning}");
 }
+
+/// An error retrying cannot fix (here: a role without the REPLICATION attribute) stops that
+/// stream with one error log, and `/api/health` shows it, instead of reconnecting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_error_that_needs_an_operator_stops_the_stream_and_shows_in_health() {
+    let pg = Pg::start();
+    pg.exec(
+        "create role anon nologin; create role authenticated nologin; create role service_role nologin bypassrls;
+         create role no_replication login;
+         create table public.items (id int primary key);
+         create publication supabase_realtime for table public.items;",
+    )
+    .await;
+    let url = format!("postgres://no_replication@127.0.0.1:{}/postgres", pg.port);
+    // Without migrations Broadcast from Database waits for its publication (not an error).
+    let (s, mut lines) = Server::start_capturing_stderr(&[
+        ("DATABASE_URL", url.as_str()),
+        ("REALTIME_MIGRATIONS", "false"),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "warn"),
+    ])
+    .await;
+    let (status, v) = health_until(&s, "postgres_changes failed", |_, v| {
+        v["replication"]["postgres_changes"] == "failed"
+    })
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["healthy"], false, "{v}");
+    assert_eq!(v["db_connected"], true, "{v}");
+    assert_eq!(v["replication_connected"], false, "{v}");
+    assert_eq!(
+        v["replication"]["broadcast_from_database"], "waiting_for_publication",
+        "{v}"
+    );
+    let reason = v["replication_errors"]["postgres_changes"].as_str().unwrap_or_default();
+    assert!(reason.contains("42501"), "the server's error is shown: {v}");
+
+    // Two seconds cover several reconnections at the initial backoff (250 ms doubling).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut stopped, mut retries) = (0, 0);
+    while let Ok(line) = lines.try_recv() {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let message = v["message"].as_str().unwrap_or_default();
+        if message.contains("replication stopped for good") {
+            assert_eq!(v["level"], "ERROR", "{v}");
+            assert_eq!(v["stream"], "postgres_changes", "{v}");
+            stopped += 1;
+        } else if message.contains("reconnecting") {
+            retries += 1;
+        }
+    }
+    assert_eq!((stopped, retries), (1, 0), "one error log and no retry");
+    assert_eq!(health(&s).await.1["replication"]["postgres_changes"], "failed");
+}

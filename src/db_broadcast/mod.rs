@@ -6,7 +6,7 @@
 //! to 2.0.0 sockets (the encodings live in `realtime_protocol::BroadcastMessage`).
 //!
 //! * [`row`]: an inserted row → topic, privacy and message (pure).
-//! * [`replication`]: the streaming task and its acknowledgements.
+//! * [`replication`]: this capability as a sink of the replication driver.
 //!
 //! Who may read a private topic is decided when a channel joins; this module only picks the
 //! private or public fan-out topic.

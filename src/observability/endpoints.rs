@@ -68,6 +68,14 @@ async fn health(app: &Arc<App>) -> hyper::Response<Body> {
             body.insert("replication_lag_bytes".into(), json!(lag_bytes));
             body.insert("replication_lag_seconds".into(), json!(lag_seconds));
             body.insert("replication".into(), Value::Object(detail));
+            // A stream stopped for good says why (also logged once, at error level).
+            let errors: Map<String, Value> = streams
+                .iter()
+                .filter_map(|s| s.error().map(|e| (s.name.to_owned(), json!(e))))
+                .collect();
+            if !errors.is_empty() {
+                body.insert("replication_errors".into(), Value::Object(errors));
+            }
         }
     }
     body.insert("uptime_seconds".into(), json!(state::uptime_seconds()));

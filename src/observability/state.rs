@@ -3,7 +3,7 @@
 //! stream's progress (updated by the replication tasks).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// Open WebSocket connections.
@@ -43,6 +43,9 @@ pub enum StreamState {
     Streaming,
     /// The connection was lost or cannot be made; reconnecting.
     Down,
+    /// Stopped for good by an error retrying cannot fix (authentication, missing
+    /// publication, undecodable data): an operator must act, then restart the server.
+    Failed,
 }
 
 impl StreamState {
@@ -53,6 +56,7 @@ impl StreamState {
             StreamState::WaitingForPublication => "waiting_for_publication",
             StreamState::Streaming => "streaming",
             StreamState::Down => "down",
+            StreamState::Failed => "failed",
         }
     }
 
@@ -75,6 +79,8 @@ pub struct ReplicationStats {
     /// Delay between the commit of the last delivered transaction and its delivery (µs);
     /// 0 once caught up with the server. -1 = never measured.
     lag_us: AtomicI64,
+    /// Why the stream stopped for good ([`StreamState::Failed`]).
+    error: Mutex<Option<String>>,
 }
 
 /// Postgres Changes' stream.
@@ -90,6 +96,7 @@ impl ReplicationStats {
             wal_end: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             lag_us: AtomicI64::new(-1),
+            error: Mutex::new(None),
         }
     }
 
@@ -100,8 +107,22 @@ impl ReplicationStats {
             StreamState::WaitingForPublication => 1,
             StreamState::Streaming => 2,
             StreamState::Down => 3,
+            StreamState::Failed => 4,
         };
         self.state.store(v, Ordering::Relaxed);
+    }
+
+    /// The stream stopped for good because of `error`.
+    pub fn fail(&self, error: String) {
+        // A poisoned lock only means a panic elsewhere while holding it; the value is
+        // a plain string, still valid.
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        self.set(StreamState::Failed);
+    }
+
+    /// Why the stream stopped for good, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current state.
@@ -110,6 +131,7 @@ impl ReplicationStats {
             1 => StreamState::WaitingForPublication,
             2 => StreamState::Streaming,
             3 => StreamState::Down,
+            4 => StreamState::Failed,
             _ => StreamState::Starting,
         }
     }
@@ -176,5 +198,13 @@ mod tests {
         assert!(!s.state().ok());
         s.set(StreamState::WaitingForPublication);
         assert!(s.state().ok());
+        assert_eq!(s.error(), None);
+        s.fail("ERROR 28P01: password authentication failed".into());
+        assert_eq!(s.state(), StreamState::Failed);
+        assert!(!s.state().ok());
+        assert_eq!(
+            s.error().as_deref(),
+            Some("ERROR 28P01: password authentication failed")
+        );
     }
 }

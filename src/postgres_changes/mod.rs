@@ -4,7 +4,7 @@
 //!
 //! * [`subscribe`]: bindings → subscriptions checked against the [`catalog`].
 //! * [`registry`]: which channel wants which table.
-//! * [`replication`]: the streaming task and LSN acknowledgement.
+//! * [`replication`]: this capability as a sink of the replication driver.
 //! * [`dispatch`]: filters ([`filter`]), RLS ([`rls`]), payloads ([`payload`]), fan-out.
 
 pub mod catalog;
@@ -18,7 +18,7 @@ pub mod replication;
 pub mod rls;
 pub mod subscribe;
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use realtime_protocol::{encode, errors};
 use tracing::{info, warn};
 
 use crate::fanout::ChannelId;
+use crate::observability::state::{StreamState, PG_CHANGES as STATS};
 use catalog::Catalog;
 use pool::Pool;
 use registry::{ChannelSubs, Registry};
@@ -49,10 +50,6 @@ pub struct PgChanges {
     connected: AtomicBool,
     /// Subscribers were told the database is gone; tell them when it is back.
     outage: AtomicBool,
-    /// End LSN of the last transaction delivered and acknowledged by this process.
-    /// PostgreSQL 15 can stream acknowledged transactions again after it restarts (the
-    /// slot's position is saved only at checkpoints), so older ones are skipped.
-    last_acked: AtomicU64,
 }
 
 /// Settings of the service.
@@ -74,6 +71,8 @@ pub struct Settings<'a> {
     pub max_in_values: usize,
     /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
     pub start_delay: Duration,
+    /// Becomes true at shutdown (the stream then acknowledges what it delivered).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PgChanges {
@@ -96,9 +95,8 @@ impl PgChanges {
             max_in_values: settings.max_in_values,
             connected: AtomicBool::new(false),
             outage: AtomicBool::new(false),
-            last_acked: AtomicU64::new(0),
         });
-        tokio::spawn(replication::run(pg.clone(), settings.start_delay));
+        tokio::spawn(replication::run(pg.clone(), settings.start_delay, settings.shutdown));
         info!(
             publication = settings.publication,
             slot = settings.slot,
@@ -142,8 +140,11 @@ impl PgChanges {
                 match resolved {
                     Ok(subs) => {
                         self.registry.update(channel, subs);
-                        self.wait_streaming(channel).await;
-                        return Ok(());
+                        return match self.wait_streaming(channel).await {
+                            Streaming::Up => Ok(()),
+                            Streaming::Failed(message) => Err(message),
+                            Streaming::Gone => Err(errors::PG_UNABLE_TO_CONNECT.to_owned()),
+                        };
                     }
                     Err(SubscribeError::Rejected(message)) => return Err(message),
                     Err(SubscribeError::Database(e)) => {
@@ -164,13 +165,20 @@ impl PgChanges {
         outcome
     }
 
-    /// Returns once the replication stream is up (or the channel left): "Subscribed"
-    /// promises that the changes committed from now on will come, true only once the
-    /// stream (and so the slot) is up.
-    async fn wait_streaming(&self, channel: ChannelId) {
-        while !self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+    /// Waits until the replication stream is up: "Subscribed" promises that the changes
+    /// committed from now on will come, true only once the stream (and so the slot) is
+    /// up. Ends early when the channel leaves or the stream has stopped for good.
+    async fn wait_streaming(&self, channel: ChannelId) -> Streaming {
+        loop {
+            if self.connected.load(std::sync::atomic::Ordering::SeqCst) {
+                return Streaming::Up;
+            }
+            if STATS.state() == StreamState::Failed {
+                let reason = STATS.error().unwrap_or_default();
+                return Streaming::Failed(format!("Realtime cannot stream changes: {reason}"));
+            }
             if self.registry.get(channel).is_none() {
-                return;
+                return Streaming::Gone;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -228,11 +236,11 @@ impl PgChanges {
                             system(&entry, false, &message);
                         }
                     }
-                    self.wait_streaming(channel).await;
-                    if self.registry.get(channel).is_none() {
-                        return;
+                    match self.wait_streaming(channel).await {
+                        Streaming::Up => system(&entry, true, errors::PG_SUBSCRIBED),
+                        Streaming::Failed(message) => system(&entry, false, &message),
+                        Streaming::Gone => {}
                     }
-                    system(&entry, true, errors::PG_SUBSCRIBED);
                     return;
                 }
                 Err(SubscribeError::Rejected(message)) => {
@@ -290,6 +298,16 @@ impl PgChanges {
             system(&entry, ok, message);
         }
     }
+}
+
+/// Where the replication stream is, for a subscription waiting on it.
+enum Streaming {
+    /// Streaming: changes committed from now on will be delivered.
+    Up,
+    /// Stopped for good (the driver's error policy): the reason, for the subscriber.
+    Failed(String),
+    /// The channel left meanwhile.
+    Gone,
 }
 
 fn system(entry: &ChannelSubs, ok: bool, message: &str) {

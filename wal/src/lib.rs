@@ -8,9 +8,12 @@
 //! * [`relations`]: the relation cache by OID, fed by Relation messages.
 //! * [`value`]: a text cell → the JSON Supabase's `to_jsonb` produces, by type OID.
 //! * [`change`]: what consumers see: committed row changes with their transaction bounds.
+//! * [`change_stream`]: the session consumers read: [`stream`] with its pgoutput decoded and
+//!   assembled into [`change`] events, table shapes and keepalives.
 //! * [`lsn`]: the LSN newtype. [`error`]: `WalError`, transient (reconnect) or definite.
 
 pub mod change;
+pub mod change_stream;
 pub mod error;
 pub mod lsn;
 pub mod pgoutput;

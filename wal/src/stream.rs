@@ -185,8 +185,9 @@ impl ReplicationStream {
     /// reply is completed by the next call). A keepalive with `reply_requested` is answered
     /// (standby status update with the current flushed position) before it is returned.
     ///
-    /// Errors: server ErrorResponse → `WalError::Server`; CopyDone from the server or a
-    /// closed connection → `WalError::Io(UnexpectedEof)`; garbage → `WalError::Protocol`.
+    /// Errors: server ErrorResponse → `WalError::Server`; CopyDone or CommandComplete from
+    /// the server (it ends the stream, e.g. at shutdown) or a closed connection →
+    /// `WalError::Io(UnexpectedEof)`; garbage → `WalError::Protocol`.
     /// After any error the stream is dead and every later call fails; reconnect.
     pub async fn recv(&mut self) -> Result<ReplicationMessage, WalError> {
         self.ensure_usable()?;
@@ -382,6 +383,13 @@ impl ReplicationStream {
             b'c' => Err(WalError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "server ended the replication stream (CopyDone)",
+            ))),
+            // A walsender that shuts down once its client has caught up ends the COPY with
+            // CommandComplete alone (walsender.c, WalSndDone): the server is going away,
+            // like a closed connection, not a protocol violation.
+            b'C' => Err(WalError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server ended the replication stream (CommandComplete: shutting down)",
             ))),
             other => Err(WalError::Protocol(format!(
                 "unexpected backend message {:?} ({} bytes) while streaming",
@@ -1226,5 +1234,29 @@ mod tests {
         assert_eq!(reply[38], 0);
         // Dead after an error.
         assert!(matches!(stream.recv().await, Err(WalError::Io(e)) if e.kind() == io::ErrorKind::NotConnected));
+    }
+
+    /// A walsender shutting down ends the COPY with CommandComplete alone: the stream is
+    /// over and reconnecting helps (a transient error), unlike a protocol violation.
+    #[tokio::test]
+    async fn command_complete_at_shutdown_is_a_transient_end_of_stream() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let mut stream = ReplicationStream {
+            conn: Conn::new(Transport::Unix(client), "pair".into()),
+            flushed: Lsn(0),
+            pending: None,
+            broken: false,
+            slot: "t".into(),
+        };
+        let mut wire = vec![b'C'];
+        wire.extend_from_slice(&11u32.to_be_bytes());
+        wire.extend_from_slice(b"COPY 0\0");
+        server.write_all(&wire).await.unwrap();
+        let e = stream.recv().await.unwrap_err();
+        assert!(
+            matches!(&e, WalError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
     }
 }
