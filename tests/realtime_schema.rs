@@ -106,6 +106,9 @@ async fn migrations_create_everything_and_are_idempotent() {
             ("inserted_at", "timestamp without time zone", "NO"),
             ("payload", "jsonb", "YES"),
             ("private", "boolean", "YES"),
+            // realtime-rs: persisted client broadcasts (migration 5).
+            ("rs_delivered_live", "boolean", "NO"),
+            ("rs_expires_at", "timestamp without time zone", "YES"),
             ("topic", "text", "NO"),
             ("updated_at", "timestamp without time zone", "NO"),
         ]
@@ -216,7 +219,7 @@ async fn migrations_create_everything_and_are_idempotent() {
     }
 
     let first = versions(&c).await;
-    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
 
     // Second start on the same database: nothing is applied again.
     s.kill();
@@ -242,7 +245,7 @@ async fn two_servers_starting_together_migrate_once() {
     let c = pg.client().await;
     assert_eq!(
         versions(&c).await.iter().map(|v| v.0).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
+        vec![1, 2, 3, 4, 5]
     );
     drop((a, b));
 }
@@ -261,7 +264,7 @@ async fn grants_skip_missing_roles_and_follow_new_ones() {
     )
     .await;
     assert_eq!(missing, 0);
-    assert_eq!(versions(&c).await.len(), 4, "migrations complete without those roles");
+    assert_eq!(versions(&c).await.len(), 5, "migrations complete without those roles");
 
     // Roles created later get their grants at the next start.
     pg.exec("create role anon nologin; create role authenticated nologin")

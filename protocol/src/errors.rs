@@ -100,3 +100,16 @@ pub fn no_read_permission(sub_topic: &str) -> String {
 pub fn read_permission_revoked(sub_topic: &str) -> String {
     format!("You no longer have permission to read from this Channel topic: {sub_topic}")
 }
+
+/// `persist` (realtime-rs texts: Supabase's storage branch is unreleased). Sent as
+/// `{"error": …}` in an acked broadcast's error reply, and as a REST `{"message": …}`.
+pub mod persist {
+    /// `persist` on a public channel.
+    pub const PUBLIC_CHANNEL: &str = "UnableToStoreMessage: Only broadcasts on private channels can be stored";
+    /// `persist` on a server without `DATABASE_URL`.
+    pub const NO_DATABASE: &str = "UnableToStoreMessage: This server has no database to store messages in";
+    /// The insert into `realtime.messages` failed.
+    pub const STORE_FAILED: &str = "UnableToStoreMessage: Realtime was unable to store the message";
+    /// A broadcast map without a string `event` (nothing to store under).
+    pub const NO_EVENT: &str = "UnableToStoreMessage: A stored broadcast needs a string event";
+}

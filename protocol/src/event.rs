@@ -49,7 +49,8 @@ impl ClientEvent {
             Payload::UserBroadcast {
                 event, encoding, body, ..
             } => {
-                // Supabase drops push metadata (only its storage branch reads `persist`).
+                // Receivers never see push metadata; its one key, `persist`, is read by
+                // [`crate::persist::from_metadata`].
                 return ClientEvent::Broadcast(BroadcastMessage::User {
                     event: event.to_owned(),
                     metadata: None,

@@ -24,6 +24,7 @@ pub mod filter;
 pub mod frame;
 pub mod join;
 mod json;
+pub mod persist;
 
 pub use broadcast::{BroadcastMessage, Encoding};
 pub use encode::WireFrame;

@@ -1,17 +1,20 @@
 //! `POST /api/broadcast/:topic/events/:event`: the body is the payload, JSON or raw
 //! bytes. Receivers get a user broadcast (binary type 4 on V2, JSON on V1, nothing on V1
-//! for a binary payload).
+//! for a binary payload). With `?persist=true` or `?persist[ttl]=N` (private only) the
+//! message is stored for replay first ([`crate::broadcast::persist`]).
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
+use realtime_protocol::persist::Persist;
 use realtime_protocol::{errors, BroadcastMessage, Encoding};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::read_body;
 use crate::app::App;
 use crate::auth::Claims;
+use crate::broadcast::persist;
 use crate::fanout::TopicKey;
 use crate::http::{empty, json_error, Body};
 
@@ -39,11 +42,21 @@ pub(super) async fn handle(
             );
         }
     };
-    let private = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "private" && v == "true"))
-        .unwrap_or(false);
+    let query = req.uri().query().unwrap_or_default().as_bytes();
+    let private = form_urlencoded::parse(query).any(|(k, v)| k == "private" && v == "true");
+    let persist = persist_param(query);
+    if let Some(p) = persist {
+        // Refused before anything else: nothing is delivered.
+        if let Some(why) = persist::refusal(app, private, p) {
+            info!(%topic, reason = why, "REST persisted broadcast refused");
+            let status = if why == errors::persist::NO_DATABASE {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return json_error(status, "message", why);
+        }
+    }
     if private && !super::may_write_private(app, claims, topic).await {
         info!(%topic, "refusing private REST broadcast: not authorized");
         return json_error(StatusCode::FORBIDDEN, "message", errors::rest::UNAUTHORIZED);
@@ -73,7 +86,80 @@ pub(super) async fn handle(
         body,
     };
     let key = TopicKey::new(&format!("realtime:{topic}"), private);
+    if let (Some(p), Some(pg)) = (persist, &app.pg) {
+        let content = match persist::Content::of(&msg) {
+            Ok(c) => c,
+            Err(why) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "message", why),
+        };
+        let ttl = persist::ttl_secs(p, app.config.messages_retention_hours);
+        let id = match persist::store(pg.pool(), topic, &content, ttl).await {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(%topic, error = %crate::realtime_schema::migrations::describe("storing a REST broadcast", &e), "REST persisted broadcast not stored, not delivered");
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "message",
+                    errors::persist::STORE_FAILED,
+                );
+            }
+        };
+        let n = persist::publish(app, &key, &content.live(&id), &id, None);
+        debug!(topic = %key.topic, %id, delivered = n, ?ttl, "REST persisted broadcast");
+        return empty(StatusCode::ACCEPTED);
+    }
     let n = app.broadcast(&key, &msg, None);
     debug!(topic = %key.topic, delivered = n, "REST single broadcast");
     empty(StatusCode::ACCEPTED)
+}
+
+/// `persist=true` or `persist[ttl]=<seconds>` (supabase-js `httpSend`); `persist[ttl]`
+/// wins when both are given, and a value that is neither true, false nor a positive
+/// integer is a request the endpoint refuses.
+fn persist_param(query: &[u8]) -> Option<Persist> {
+    let mut flag = None;
+    let mut ttl = None;
+    for (k, v) in form_urlencoded::parse(query) {
+        match k.as_ref() {
+            "persist" => {
+                flag = match v.as_ref() {
+                    "true" => Some(Persist::Default),
+                    "false" => None,
+                    _ => Some(Persist::Invalid(realtime_protocol::persist::INVALID_PERSIST)),
+                }
+            }
+            "persist[ttl]" => {
+                ttl = Some(match v.parse::<u64>() {
+                    Ok(n) if n >= 1 => Persist::Ttl(n),
+                    _ => Persist::Invalid(realtime_protocol::persist::INVALID_TTL),
+                })
+            }
+            _ => {}
+        }
+    }
+    ttl.or(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persist_query_as_http_send_writes_it() {
+        assert_eq!(persist_param(b"private=true&persist=true"), Some(Persist::Default));
+        assert_eq!(
+            persist_param(b"private=true&persist%5Bttl%5D=30"),
+            Some(Persist::Ttl(30))
+        );
+        assert_eq!(persist_param(b"persist[ttl]=30&persist=true"), Some(Persist::Ttl(30)));
+        assert_eq!(persist_param(b"private=true"), None);
+        assert_eq!(persist_param(b"persist=false"), None);
+        assert!(matches!(persist_param(b"persist=yes"), Some(Persist::Invalid(_))));
+        for bad in ["0", "-1", "1.5", "x", ""] {
+            let q = format!("persist[ttl]={bad}");
+            assert!(
+                matches!(persist_param(q.as_bytes()), Some(Persist::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
 }

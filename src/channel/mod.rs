@@ -12,7 +12,7 @@ use ahash::AHashMap;
 use realtime_protocol::encode::{self, Status};
 use realtime_protocol::event::{ClientEvent, PresenceCommand};
 use realtime_protocol::frame::{decode_binary, decode_text};
-use realtime_protocol::{errors, Inbound, Vsn, WireFrame};
+use realtime_protocol::{errors, persist, Inbound, Payload, Vsn, WireFrame};
 use tracing::{debug, info, warn};
 
 use crate::app::{now_ms, App};
@@ -137,8 +137,13 @@ impl Session {
                     debug!(%topic, "broadcast without write permission dropped");
                     return;
                 }
+                // Only persisted broadcasts wait on the database (to be stored first).
+                let persist = match msg.payload {
+                    Payload::UserBroadcast { metadata, .. } => persist::from_metadata(metadata),
+                    Payload::Json(raw) => persist::from_map(raw.get().as_bytes()),
+                };
                 if let Some(ch) = self.channels.get(topic) {
-                    let reply = crate::broadcast::from_client(&self.app, ch, b);
+                    let reply = crate::broadcast::from_client(&self.app, ch, b, persist).await;
                     if let Some((status, response)) = reply {
                         let join_ref = ch.join_ref.clone();
                         self.reply(join_ref.as_deref(), ref_, topic, status, &response);

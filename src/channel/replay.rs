@@ -9,6 +9,7 @@ use realtime_protocol::broadcast::{json_map, map_with_meta, user_broadcast_frame
 use realtime_protocol::{encode, Encoding, Vsn, WireFrame};
 use serde_json::Value;
 use std::sync::Arc;
+use tracing::debug;
 
 use crate::postgres_changes::pool::Pool;
 
@@ -62,9 +63,10 @@ impl StoredBody {
 }
 
 /// Reads the newest `limit` messages of `realtime.messages` for `topic` (without
-/// `realtime:`) since `since_ms` with the given privacy, oldest first. Rows of one
-/// transaction share `inserted_at`; among them the physical order (`ctid`) is the
-/// insertion order, so a replay keeps the order they were sent in.
+/// `realtime:`) since `since_ms` with the given privacy, oldest first, leaving out
+/// persisted broadcasts past their `ttl`. Rows of one transaction share `inserted_at`;
+/// among them the physical order (`ctid`) is the insertion order, so a replay keeps the
+/// order they were sent in.
 pub async fn load(
     pool: &Pool,
     topic: &str,
@@ -73,17 +75,15 @@ pub async fn load(
     limit: i64,
 ) -> Result<Vec<Stored>, tokio_postgres::Error> {
     let conn = pool.checkout().await?;
-    let rows = conn
-        .query(
-            "select id::text, (extract(epoch from inserted_at) * 1000000)::int8, coalesce(event, ''), \
-                    payload::text, binary_payload from realtime.messages \
-             where topic = $1 and private = $4 and extension = 'broadcast' \
-               and inserted_at >= to_timestamp($2::float8 / 1000) at time zone 'utc' \
-               and inserted_at < timezone('utc', now()) + interval '1 minute' \
-             order by inserted_at desc, ctid desc limit $3",
-            &[&topic, &(since_ms as f64), &limit, &private],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&topic, &(since_ms as f64), &limit, &private];
+    let rows = match conn.query(&select(UNEXPIRED), &params).await {
+        // A schema managed by hand without migration 5 has no expiry: nothing expires.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => {
+            debug!(error = %e, "realtime.messages has no rs_expires_at: replaying without expiry");
+            conn.query(&select(""), &params).await?
+        }
+        other => other?,
+    };
     let mut out: Vec<Stored> = rows
         .iter()
         .map(|r| Stored {
@@ -94,6 +94,20 @@ pub async fn load(
         .collect();
     out.reverse();
     Ok(out)
+}
+
+/// Leaves out persisted broadcasts whose `ttl` has passed (migration 5).
+const UNEXPIRED: &str = "and (rs_expires_at is null or rs_expires_at > timezone('utc', now()))";
+
+fn select(expiry: &str) -> String {
+    format!(
+        "select id::text, (extract(epoch from inserted_at) * 1000000)::int8, coalesce(event, ''), \
+                payload::text, binary_payload from realtime.messages \
+         where topic = $1 and private = $4 and extension = 'broadcast' {expiry} \
+           and inserted_at >= to_timestamp($2::float8 / 1000) at time zone 'utc' \
+           and inserted_at < timezone('utc', now()) + interval '1 minute' \
+         order by inserted_at desc, ctid desc limit $3"
+    )
 }
 
 /// The newest `limit` of several sources' messages, each id once, oldest first.

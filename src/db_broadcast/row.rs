@@ -23,7 +23,8 @@ pub struct DbMessage {
 /// Why a row is not delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
-    /// Not a broadcast (e.g. `extension = 'presence'`): nothing to deliver, not an error.
+    /// Not a broadcast to stream (e.g. `extension = 'presence'`, or a persisted client
+    /// broadcast, which its server delivers live itself): nothing to deliver, not an error.
     NotBroadcast,
     /// The row cannot be delivered; the text says why.
     Invalid(String),
@@ -44,7 +45,7 @@ pub fn decode(relation: &Relation, row: &TupleData) -> Result<DbMessage, Skip> {
             Some(Cell::Unchanged | Cell::Binary(_)) => Err(Skip::Invalid(format!("column {name} has no text value"))),
         }
     };
-    if text("extension")? != Some("broadcast") {
+    if text("extension")? != Some("broadcast") || text("rs_delivered_live")? == Some("t") {
         return Err(Skip::NotBroadcast);
     }
     let topic = text("topic")?.ok_or_else(|| Skip::Invalid("topic is NULL".into()))?;
@@ -223,6 +224,25 @@ mod tests {
             None,
         ]);
         assert_eq!(decode(&rel, &presence), Err(Skip::NotBroadcast));
+        // A persisted client broadcast: its server delivered it live already.
+        let mut cols = COLS.to_vec();
+        cols.push("rs_delivered_live");
+        let persisted = |flag| {
+            row(&[
+                Some("room"),
+                Some("broadcast"),
+                Some("{}"),
+                Some("e"),
+                Some("t"),
+                None,
+                None,
+                Some(ID),
+                None,
+                Some(flag),
+            ])
+        };
+        assert_eq!(decode(&relation(&cols), &persisted("t")), Err(Skip::NotBroadcast));
+        assert!(decode(&relation(&cols), &persisted("f")).is_ok());
         let empty = row(&[
             Some("room"),
             Some("broadcast"),

@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "public broadcast history (REPLAY_PUBLIC)",
         sql: include_str!("sql/0004_public_broadcast_history.sql"),
     },
+    Migration {
+        version: 5,
+        name: "persisted client broadcasts (expiry, delivered live)",
+        sql: include_str!("sql/0005_persisted_broadcasts.sql"),
+    },
 ];
 
 const GRANTS: &str = include_str!("sql/grants.sql");
@@ -172,6 +177,6 @@ mod tests {
     fn versions_are_increasing_and_unique() {
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
-        assert_eq!(latest_version(), 4);
+        assert_eq!(latest_version(), 5);
     }
 }

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use tracing::{debug, error, info, warn};
 
 pub use migrations::{latest_version, migrate};
-pub use retention::{delete_old_messages, spawn_retention};
+pub use retention::{delete_expired_messages, delete_old_messages, spawn_retention};
 
 /// The publication created for `realtime.messages` (inserts only).
 pub const MESSAGES_PUBLICATION: &str = "supabase_realtime_messages_publication";
@@ -29,7 +29,8 @@ pub struct Settings<'a> {
     pub database_url: &'a str,
     /// `REALTIME_MIGRATIONS`: apply migrations at start.
     pub migrations: bool,
-    /// `MESSAGES_RETENTION_HOURS`: messages older than this are deleted; 0 keeps them.
+    /// `MESSAGES_RETENTION_HOURS`: messages older than this are deleted; 0 keeps them
+    /// (expired persisted broadcasts are deleted either way).
     pub retention_hours: u64,
     /// `MESSAGES_RETENTION_INTERVAL_SECS`: how often retention runs.
     pub retention_interval: Duration,
@@ -64,9 +65,8 @@ pub async fn start(settings: Settings<'_>) -> Result<(), String> {
     } else {
         info!("REALTIME_MIGRATIONS=false: the realtime schema is not managed by this server");
     }
-    if settings.retention_hours > 0 {
-        spawn_retention(config, settings.retention_hours, settings.retention_interval);
-    }
+    // Also with retention 0 (keep everything): persisted broadcasts still expire.
+    spawn_retention(config, settings.retention_hours, settings.retention_interval);
     Ok(())
 }
 

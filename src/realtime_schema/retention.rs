@@ -1,4 +1,5 @@
-//! Retention: rows of `realtime.messages` older than the configured age are deleted.
+//! Retention: rows of `realtime.messages` older than the configured age are deleted, and
+//! persisted broadcasts whose `ttl` has passed (`rs_expires_at`), whatever the age.
 //!
 //! Deletes go in small batches, each its own statement, so a large backlog never holds
 //! locks or a snapshot for long, and `skip locked` lets several servers share the work.
@@ -27,7 +28,13 @@ const DELETE_BATCH: &str = "delete from realtime.messages where id in (\
       where inserted_at < timezone('utc', now()) - make_interval(hours => $1::int) \
       order by inserted_at limit $2 for update skip locked)";
 
-/// Starts the retention task: once right away, then every `every`.
+const DELETE_EXPIRED_BATCH: &str = "delete from realtime.messages where id in (\
+      select id from realtime.messages \
+      where rs_expires_at < timezone('utc', now()) \
+      order by rs_expires_at limit $1 for update skip locked)";
+
+/// Starts the retention task: once right away, then every `every`. With
+/// `retention_hours = 0` only expired persisted broadcasts are deleted.
 pub fn spawn_retention(db: Config, retention_hours: u64, every: Duration) -> JoinHandle<()> {
     info!(
         retention_hours,
@@ -53,7 +60,33 @@ pub fn spawn_retention(db: Config, retention_hours: u64, every: Duration) -> Joi
 
 async fn run_once(db: &Config, retention_hours: u64) -> Result<u64, tokio_postgres::Error> {
     let client = connect(db).await?;
-    delete_old_messages(&client, retention_hours).await
+    let old = if retention_hours > 0 {
+        delete_old_messages(&client, retention_hours).await?
+    } else {
+        0
+    };
+    Ok(old + delete_expired_messages(&client).await?)
+}
+
+/// Deletes every persisted broadcast past its `ttl`, batch by batch; returns how many. A
+/// schema without migration 5 has nothing that expires.
+pub async fn delete_expired_messages(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let mut total = 0;
+    loop {
+        let n = match client.execute(DELETE_EXPIRED_BATCH, &[&BATCH]).await {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_COLUMN) => {
+                debug!("retention: realtime.messages has no rs_expires_at (migration 5 not applied)");
+                return Ok(total);
+            }
+            Err(e) => return Err(e),
+        };
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
 }
 
 /// Deletes every message older than `retention_hours`, batch by batch; returns how many.
