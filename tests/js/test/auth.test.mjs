@@ -1,4 +1,4 @@
-// Tokens with unmodified supabase-js 2.119.0
+// Tokens with unmodified supabase-js 2.119.1
 // (protocol.md §1.2, §4.2 step 8, §8, §12.2, §12.4; checklist 5–7, 47, 48).
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'

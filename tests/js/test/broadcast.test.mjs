@@ -1,4 +1,4 @@
-// Broadcast over the WebSocket with unmodified supabase-js 2.119.0
+// Broadcast over the WebSocket with unmodified supabase-js 2.119.1
 // (protocol.md §2.3, §2.4, §6.1, §6.2; checklist 21–25, 27).
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'

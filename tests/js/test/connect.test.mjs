@@ -1,4 +1,4 @@
-// Connection + join basics with unmodified supabase-js 2.119.0
+// Connection + join basics with unmodified supabase-js 2.119.1
 // (protocol.md §1.1, §1.3, §4, §12.1, §12.4; checklist 1, 2, 10, 13, 19).
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'

@@ -1,4 +1,4 @@
-// Broadcast from Database and Replay with unmodified supabase-js 2.119.0 against a
+// Broadcast from Database and Replay with unmodified supabase-js 2.119.1 against a
 // throwaway PostgreSQL 15 (protocol.md §10, §6.3, §2.3–2.4; tests/db_broadcast.rs,
 // tests/realtime_schema.rs and tests/private_channels.rs for the server-side view).
 //

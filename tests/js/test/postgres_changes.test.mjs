@@ -1,4 +1,4 @@
-// Postgres Changes with unmodified supabase-js 2.119.0 against a throwaway PostgreSQL 15
+// Postgres Changes with unmodified supabase-js 2.119.1 against a throwaway PostgreSQL 15
 // (protocol.md §7.1–7.4, §12.1; tests/postgres_changes.rs for the server-side view).
 //
 // The file starts one cluster (test/pg.mjs) and one server with DATABASE_URL; every test

@@ -1,4 +1,4 @@
-// Presence with unmodified supabase-js 2.119.0
+// Presence with unmodified supabase-js 2.119.1
 // (protocol.md §5; checklist 29–34). The server runs with PING_INTERVAL_MS=500
 // so that a frozen (SIGSTOPped) peer is detected as dead within ~1–1.5 s.
 import { before, after } from 'node:test'

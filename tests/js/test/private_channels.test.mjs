@@ -1,5 +1,5 @@
 // Private channels authorized by RLS policies on realtime.messages, with unmodified
-// supabase-js 2.119.0 against a throwaway PostgreSQL 15
+// supabase-js 2.119.1 against a throwaway PostgreSQL 15
 // (protocol.md §9, §8.2, §6.1, §6.5, §11.2, §12.2, §12.4; tests/private_channels.rs for
 // the server-side view).
 //

@@ -1,4 +1,4 @@
-// REST broadcast endpoints as supabase-js 2.119.0 uses them
+// REST broadcast endpoints as supabase-js 2.119.1 uses them
 // (protocol.md §6.4, §6.5, §2.4; checklist 52–55, 57).
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'
