@@ -177,7 +177,10 @@ async fn running_out_of_descriptors_is_logged_once_and_open_connections_are_serv
     loop {
         match tokio::time::timeout(Duration::from_secs(2), s.connect_url(&url, false)).await {
             Ok(Ok(c)) => open.push(c),
-            Ok(Err(e)) => panic!("upgrade refused instead of stalling: {e}"),
+            Ok(Err(e)) => panic!(
+                "upgrade refused instead of stalling after {} WebSockets: {e}",
+                open.len()
+            ),
             Err(_) => break,
         }
         assert!(open.len() < 200, "the file limit did not apply");

@@ -27,6 +27,10 @@ pub use pending::Pending;
 use crate::app::App;
 use crate::http::{json_error, plain, Body};
 
+/// A pending connection this old is taken for a stalled one when descriptors run out (a
+/// real request is read and answered in milliseconds).
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves until `shutdown` flips to true, then waits for connections to drain (at most
 /// the configured shutdown timeout).
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>, pending_cap: usize) {
@@ -90,8 +94,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                 Err(e) => {
                     let out_of_files = accept::out_of_files(&e);
                     // Free a descriptor for the next connection: the oldest pending
-                    // connection is the likeliest to be a stalled one.
-                    if out_of_files && pending.evict_oldest() {
+                    // connection is the likeliest to be a stalled one, unless it is
+                    // younger than any real request takes.
+                    if out_of_files && pending.evict_oldest_older_than(STALLED_AFTER) {
                         crate::observability::limit_rejected("pending_connections");
                     }
                     let pause = failures.failed(&e, out_of_files, pending.len());

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -22,8 +23,9 @@ pub struct Pending {
 
 struct Inner {
     next_id: u64,
-    /// Dropping a sender evicts its connection (its receiver resolves).
-    open: BTreeMap<u64, oneshot::Sender<()>>,
+    /// When each was accepted; dropping a sender evicts its connection (its receiver
+    /// resolves).
+    open: BTreeMap<u64, (Instant, oneshot::Sender<()>)>,
 }
 
 /// One pending connection; leaves the set when dropped.
@@ -72,7 +74,7 @@ impl Pending {
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.open.insert(id, tx);
+        inner.open.insert(id, (Instant::now(), tx));
         drop(inner);
         let ticket = Ticket {
             id,
@@ -82,9 +84,23 @@ impl Pending {
         (ticket, evicted)
     }
 
-    /// Closes the oldest pending connection (to free a descriptor); whether there was one.
-    pub fn evict_oldest(&self) -> bool {
-        self.lock().open.pop_first().is_some()
+    /// Closes the oldest pending connection if it has been pending for at least `min_age`
+    /// (to free a descriptor); whether one was closed.
+    ///
+    /// The age matters because `accept` reports running out of descriptors before it looks
+    /// at the queue: the failure does not mean a client is waiting, and the newest pending
+    /// connection is usually a real request the server has not read yet.
+    pub fn evict_oldest_older_than(&self, min_age: Duration) -> bool {
+        self.evict_oldest_accepted_before(Instant::now().checked_sub(min_age))
+    }
+
+    fn evict_oldest_accepted_before(&self, cutoff: Option<Instant>) -> bool {
+        let Some(cutoff) = cutoff else { return false };
+        let mut inner = self.lock();
+        match inner.open.first_key_value() {
+            Some((_, (accepted, _))) if *accepted <= cutoff => inner.open.pop_first().is_some(),
+            _ => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -119,13 +135,29 @@ mod tests {
         assert_eq!(p.len(), 2);
         drop(b);
         assert_eq!(p.len(), 1);
-        assert!(p.evict_oldest());
+        assert!(p.evict_oldest_older_than(Duration::ZERO));
         assert!(c
             .evicted
             .try_recv()
             .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
-        assert!(!p.evict_oldest());
+        assert!(!p.evict_oldest_older_than(Duration::ZERO));
         drop((a, c));
         assert!(p.is_empty());
+    }
+
+    /// A connection accepted just now is a request in flight, not a stalled socket: running
+    /// out of descriptors must not close it (it did, and the client saw a reset).
+    #[test]
+    fn a_fresh_connection_is_not_evicted_for_descriptors() {
+        let p = Pending::new(4);
+        let (mut fresh, _) = p.admit();
+        assert!(!p.evict_oldest_older_than(Duration::from_secs(1)));
+        assert_eq!(fresh.evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        let accepted = p.lock().open.first_key_value().map(|(_, (at, _))| *at);
+        assert!(p.evict_oldest_accepted_before(accepted));
+        assert!(fresh
+            .evicted
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
     }
 }
