@@ -24,6 +24,7 @@ pub mod presence;
 pub mod realtime_schema;
 pub mod replication;
 pub mod server;
+pub mod sync;
 pub mod transport;
 
 use std::io::Write;

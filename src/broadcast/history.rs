@@ -165,9 +165,7 @@ impl History {
             body,
         };
         let delivered = {
-            let Ok(mut shard) = self.shard(&key.topic).lock() else {
-                return registry.broadcast(key, &live, exclude);
-            };
+            let mut shard = crate::sync::lock(self.shard(&key.topic), "broadcast history shard");
             shard.entry(key.topic.clone()).or_default().push(stored.clone());
             registry.broadcast(key, &live, exclude)
         };
@@ -182,9 +180,7 @@ impl History {
     /// Runs `f` with the in-memory messages of `topic` since `since_ms`, while no message
     /// can be published on it: what `f` subscribes sees every later message live.
     pub fn with_recent<R>(&self, topic: &str, since_ms: i64, f: impl FnOnce(Vec<Stored>) -> R) -> R {
-        let Ok(shard) = self.shard(topic).lock() else {
-            return f(Vec::new());
-        };
+        let shard = crate::sync::lock(self.shard(topic), "broadcast history shard");
         let recent = shard
             .get(topic)
             .map(|r| {
@@ -201,7 +197,8 @@ impl History {
     /// Forgets topics whose newest message is older than `cutoff_ms`.
     pub fn forget_older_than(&self, cutoff_ms: i64) {
         for shard in self.shards.iter() {
-            if let Ok(mut shard) = shard.lock() {
+            {
+                let mut shard = crate::sync::lock(shard, "broadcast history shard");
                 shard.retain(|_, ring| {
                     ring.entries
                         .back()

@@ -87,31 +87,30 @@ impl Registry {
 
     /// Adds a channel to a topic.
     pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
-        if let Ok(mut shard) = self.shard(key).write() {
-            shard.entry(key.clone()).or_default().push(sub);
-        }
+        crate::sync::write(self.shard(key), "fan-out shard")
+            .entry(key.clone())
+            .or_default()
+            .push(sub);
     }
 
     /// Removes a channel from a topic; drops the topic when it empties.
     pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) {
-        if let Ok(mut shard) = self.shard(key).write() {
-            if let Some(subs) = shard.get_mut(key) {
-                if let Some(i) = subs.iter().position(|s| s.channel == channel) {
-                    subs.swap_remove(i);
-                }
-                if subs.is_empty() {
-                    shard.remove(key);
-                }
+        let mut shard = crate::sync::write(self.shard(key), "fan-out shard");
+        if let Some(subs) = shard.get_mut(key) {
+            if let Some(i) = subs.iter().position(|s| s.channel == channel) {
+                subs.swap_remove(i);
+            }
+            if subs.is_empty() {
+                shard.remove(key);
             }
         }
     }
 
     /// Number of channels subscribed to a topic.
     pub fn subscriber_count(&self, key: &TopicKey) -> usize {
-        self.shard(key)
-            .read()
-            .map(|s| s.get(key).map_or(0, Vec::len))
-            .unwrap_or(0)
+        crate::sync::read(self.shard(key), "fan-out shard")
+            .get(key)
+            .map_or(0, Vec::len)
     }
 
     /// Delivers to every subscriber but `exclude`. `encode` is called at most once per
@@ -125,9 +124,7 @@ impl Registry {
         mut encode: impl FnMut(Vsn) -> Option<WireFrame>,
     ) -> usize {
         let started = std::time::Instant::now();
-        let Ok(shard) = self.shard(key).read() else {
-            return 0;
-        };
+        let shard = crate::sync::read(self.shard(key), "fan-out shard");
         let Some(subs) = shard.get(key) else {
             return 0;
         };

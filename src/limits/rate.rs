@@ -44,9 +44,7 @@ impl RateCounter {
     /// Closes the current bucket and recomputes the rate.
     pub fn tick(&self) {
         let n = self.current.swap(0, Ordering::Relaxed);
-        let Ok(mut closed) = self.closed.lock() else {
-            return;
-        };
+        let mut closed = crate::sync::lock(&self.closed, "rate buckets");
         closed.push_back(n);
         while closed.len() > self.buckets {
             closed.pop_front();

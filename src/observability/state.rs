@@ -116,13 +116,13 @@ impl ReplicationStats {
     pub fn fail(&self, error: String) {
         // A poisoned lock only means a panic elsewhere while holding it; the value is
         // a plain string, still valid.
-        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        *crate::sync::lock(&self.error, "replication error") = Some(error);
         self.set(StreamState::Failed);
     }
 
     /// Why the stream stopped for good, if it did.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::lock(&self.error, "replication error").clone()
     }
 
     /// The current state.

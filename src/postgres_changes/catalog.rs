@@ -101,7 +101,7 @@ pub struct Catalog {
 /// The cache map. A poisoned lock only means another task panicked while holding it: the
 /// map itself (inserts and removes of whole entries) is always consistent, so it is used.
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::sync::lock(m, "table catalog")
 }
 
 impl Catalog {

@@ -52,9 +52,7 @@ pub struct Registry {
 impl Registry {
     /// Puts (or replaces) a channel's entry.
     pub fn put(&self, entry: ChannelSubs) {
-        let Ok(mut inner) = self.inner.write() else {
-            return;
-        };
+        let mut inner = crate::sync::write(&self.inner, "postgres changes registry");
         Self::unindex(&mut inner, entry.channel);
         for s in &entry.subs {
             inner.by_table.entry(s.table).or_default().insert(entry.channel);
@@ -65,9 +63,7 @@ impl Registry {
     /// Replaces a channel's subscriptions if the channel is still registered; false when
     /// it left meanwhile.
     pub fn update(&self, channel: ChannelId, subs: Vec<Subscription>) -> bool {
-        let Ok(mut inner) = self.inner.write() else {
-            return false;
-        };
+        let mut inner = crate::sync::write(&self.inner, "postgres changes registry");
         let Some(old) = inner.channels.get(&channel) else {
             return false;
         };
@@ -93,10 +89,9 @@ impl Registry {
 
     /// Drops a channel.
     pub fn remove(&self, channel: ChannelId) {
-        if let Ok(mut inner) = self.inner.write() {
-            Self::unindex(&mut inner, channel);
-            inner.channels.remove(&channel);
-        }
+        let mut inner = crate::sync::write(&self.inner, "postgres changes registry");
+        Self::unindex(&mut inner, channel);
+        inner.channels.remove(&channel);
     }
 
     fn unindex(inner: &mut Inner, channel: ChannelId) {
@@ -114,9 +109,7 @@ impl Registry {
 
     /// Channels with a subscription on `table`.
     pub fn for_table(&self, table: u32) -> Vec<Arc<ChannelSubs>> {
-        let Ok(inner) = self.inner.read() else {
-            return Vec::new();
-        };
+        let inner = crate::sync::read(&self.inner, "postgres changes registry");
         inner
             .by_table
             .get(&table)
@@ -126,14 +119,18 @@ impl Registry {
 
     /// Every registered channel.
     pub fn all(&self) -> Vec<Arc<ChannelSubs>> {
-        self.inner
-            .read()
-            .map(|i| i.channels.values().cloned().collect())
-            .unwrap_or_default()
+        crate::sync::read(&self.inner, "postgres changes registry")
+            .channels
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// One channel's entry.
     pub fn get(&self, channel: ChannelId) -> Option<Arc<ChannelSubs>> {
-        self.inner.read().ok().and_then(|i| i.channels.get(&channel).cloned())
+        crate::sync::read(&self.inner, "postgres changes registry")
+            .channels
+            .get(&channel)
+            .cloned()
     }
 }

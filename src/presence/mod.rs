@@ -65,7 +65,7 @@ pub struct PresenceHub {
 /// Sends the pending diffs of the topics queued by [`PresenceHub`]; runs for the life of
 /// the server.
 pub async fn run_flusher(app: std::sync::Arc<crate::app::App>) {
-    let Some(mut queue) = app.presence.flush_queue.lock().ok().and_then(|mut q| q.take()) else {
+    let Some(mut queue) = crate::sync::lock(&app.presence.flush_queue, "presence flush queue").take() else {
         tracing::error!("presence flusher started twice");
         return;
     };
@@ -121,9 +121,7 @@ impl PresenceHub {
 
     /// Sends a topic's pending diff.
     fn flush(&self, registry: &Registry, key: &TopicKey) {
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return;
-        };
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         if let Some(topic) = shard.get_mut(key) {
             topic.send_pending(registry, key);
         }
@@ -133,9 +131,7 @@ impl PresenceHub {
     /// join) the channel also gets `presence_state`, with no diff lost or duplicated
     /// around it.
     pub fn join(&self, registry: &Registry, key: &TopicKey, sub: Subscriber, state_join_ref: Option<&str>) {
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return;
-        };
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         // Members must get what is pending before the newcomer's state includes it.
         if let Some(topic) = shard.get_mut(key) {
             topic.send_pending(registry, key);
@@ -153,9 +149,7 @@ impl PresenceHub {
 
     /// Unsubscribes a channel and removes its presence (leave, close, dead socket).
     pub fn leave(&self, registry: &Registry, key: &TopicKey, channel: ChannelId) {
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return;
-        };
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         registry.unsubscribe(key, channel);
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
         self.changed(&mut shard, registry, key, diff);
@@ -165,10 +159,11 @@ impl PresenceHub {
     pub fn key_count(&self) -> usize {
         self.shards
             .iter()
-            .filter_map(|s| {
-                s.lock()
-                    .ok()
-                    .map(|m| m.values().map(|t| t.presence.len()).sum::<usize>())
+            .map(|s| {
+                crate::sync::lock(s, "presence shard")
+                    .values()
+                    .map(|t| t.presence.len())
+                    .sum::<usize>()
             })
             .sum()
     }
@@ -182,9 +177,7 @@ impl PresenceHub {
         presence_key: &str,
         payload: Map<String, Value>,
     ) {
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return;
-        };
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let phx_ref = self.refs.next(now_nanos());
         let topic = shard.entry(key.clone()).or_insert_with(|| Topic {
             presence: TopicPresence::starting_at(self.replica, now_nanos()),
@@ -197,9 +190,7 @@ impl PresenceHub {
 
     /// Removes a channel's presence; the channel stays subscribed.
     pub fn untrack(&self, registry: &Registry, key: &TopicKey, channel: ChannelId) {
-        let Ok(mut shard) = self.shard(key).lock() else {
-            return;
-        };
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
         self.changed(&mut shard, registry, key, diff);
     }

@@ -10,7 +10,7 @@
 //! connections on its own when there is no flood.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -104,8 +104,7 @@ impl Pending {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The map stays consistent across a panic elsewhere: keep using it.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner, "pending connections")
     }
 }
 

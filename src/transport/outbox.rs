@@ -85,9 +85,7 @@ impl Outbox {
     }
 
     fn enqueue(&self, item: Outgoing, len: usize, bounded: bool) -> bool {
-        let Ok(mut q) = self.queue.lock() else {
-            return false;
-        };
+        let mut q = crate::sync::lock(&self.queue, "outbox");
         if q.closed.is_some() {
             return false;
         }
@@ -113,7 +111,8 @@ impl Outbox {
 
     /// Stops accepting messages (the connection is ending).
     pub fn close(&self) {
-        if let Ok(mut q) = self.queue.lock() {
+        {
+            let mut q = crate::sync::lock(&self.queue, "outbox");
             q.closed.get_or_insert(Closed::Gone);
             q.items.clear();
             q.bytes = 0;
@@ -125,7 +124,7 @@ impl Outbox {
     /// Resolves once the outbox has closed (overflow or shutdown). Cancel safe.
     pub async fn wait_closed(&self) {
         loop {
-            if self.queue.lock().map_or(true, |q| q.closed.is_some()) {
+            if crate::sync::lock(&self.queue, "outbox").closed.is_some() {
                 return;
             }
             self.closed.notified().await;
@@ -140,9 +139,7 @@ impl Outbox {
 
     /// Moves everything queued into `out`. Returns the close reason if the outbox closed.
     pub fn drain(&self, out: &mut Vec<Outgoing>) -> Option<Closed> {
-        let Ok(mut q) = self.queue.lock() else {
-            return Some(Closed::Gone);
-        };
+        let mut q = crate::sync::lock(&self.queue, "outbox");
         out.extend(q.items.drain(..));
         q.bytes = 0;
         // Give back the ring buffer of a connection that had a burst, so idle
