@@ -22,10 +22,10 @@ pub struct App {
     pub config: Config,
     /// JWT verification.
     pub verifier: Verifier,
-    /// Topic subscribers.
-    pub registry: Registry,
-    /// Presence per topic.
-    pub presence: PresenceHub,
+    /// Topic subscribers (shared with the presence flusher).
+    pub registry: Arc<Registry>,
+    /// Presence per topic (shared with the presence flusher).
+    pub presence: Arc<PresenceHub>,
     /// Postgres Changes, when a database is configured.
     pub pg: Option<Arc<PgChanges>>,
     /// Rate counters and limits.
@@ -50,8 +50,8 @@ impl App {
         Arc::new(App {
             config,
             verifier,
-            registry: Registry::default(),
-            presence: PresenceHub::new(ReplicaId(rand::random())),
+            registry: Arc::new(Registry::default()),
+            presence: Arc::new(PresenceHub::new(ReplicaId(rand::random()))),
             pg,
             limits,
             history,
@@ -76,11 +76,4 @@ impl App {
     pub fn new_channel_id(&self) -> ChannelId {
         self.next_channel.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Wall-clock time in unix milliseconds (JWT `exp` is wall-clock).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -12,6 +12,7 @@ pub mod authorization;
 pub mod broadcast;
 pub mod channel;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db_broadcast;
 pub mod dev;
@@ -34,8 +35,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::app::{now_ms, App};
+use crate::app::App;
 use crate::auth::Verifier;
+use crate::clock::now_ms;
 use crate::config::Config;
 
 /// Lines printed on stdout after the listening line, given the bound address (what
@@ -114,7 +116,7 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
     let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
     db_broadcast::start(app.clone())?;
     spawn_history_sweep(&app);
-    tokio::spawn(presence::run_flusher(app.clone()));
+    tokio::spawn(presence::run_flusher(app.presence.clone(), app.registry.clone()));
 
     let signal = shutdown_signal();
     // Scripts and tests read the bound address from this first stdout line; what a user

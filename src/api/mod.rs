@@ -14,8 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use realtime_protocol::errors;
 use tracing::info;
 
-use crate::app::{now_ms, App};
+use crate::app::App;
 use crate::auth::Claims;
+use crate::clock::now_ms;
 use crate::http::{json_error, response, Body};
 
 /// Routes `/api/...` (the `/realtime/v1` prefix already removed).

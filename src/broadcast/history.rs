@@ -21,8 +21,8 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::app::now_ms;
 use crate::channel::replay::{Stored, StoredBody};
+use crate::clock::now_ms;
 use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::postgres_changes::pool::Pool;
 

@@ -9,9 +9,9 @@ use realtime_protocol::join::{join_reply_response, JoinRequest};
 use tracing::{debug, info, warn};
 
 use super::{replay, Channel, Session};
-use crate::app::now_ms;
 use crate::authorization;
 use crate::broadcast::history::History;
+use crate::clock::now_ms;
 use crate::fanout::{Subscriber, TopicKey};
 use crate::postgres_changes::registry::ChannelSubs;
 

@@ -15,9 +15,10 @@ use realtime_protocol::frame::{decode_binary, decode_text};
 use realtime_protocol::{errors, persist, Inbound, Payload, Vsn, WireFrame};
 use tracing::{debug, info, warn};
 
-use crate::app::{now_ms, App};
+use crate::app::App;
 use crate::auth::Claims;
 use crate::authorization;
+use crate::clock::now_ms;
 use crate::fanout::{ChannelId, TopicKey};
 use crate::limits::{CallWindow, ClientLimits};
 use crate::transport::outbox::Outbox;
@@ -289,7 +290,7 @@ impl Session {
 
     /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
     fn close_channel(&self, ch: Box<Channel>, notify: bool) {
-        crate::observability::metrics::channel_closed(&ch.key, ch.pg_bindings.len(), notify);
+        crate::observability::metrics::channel_closed(&ch.key.topic, ch.key.private, ch.pg_bindings.len(), notify);
         self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
         if let Some(pg) = &self.app.pg {
             pg.unsubscribe(ch.id);

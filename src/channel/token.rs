@@ -7,7 +7,7 @@ use crate::authorization;
 use crate::fanout::Subscriber;
 
 use super::Session;
-use crate::app::now_ms;
+use crate::clock::now_ms;
 
 /// Verifies a refreshed token. No reply on success; on failure the channel is shut down
 /// with a `system` error naming the reason, then `phx_close`.

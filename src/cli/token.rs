@@ -104,7 +104,7 @@ pub fn run(config: &Config, args: &TokenArgs) -> Result<(), String> {
     if let Some(warning) = crate::short_secret_warning(secret) {
         eprintln!("realtime token: {warning}");
     }
-    let token = crate::auth::sign_hs256(secret, &claims(args, crate::app::now_ms() / 1000))?;
+    let token = crate::auth::sign_hs256(secret, &claims(args, crate::clock::now_ms() / 1000))?;
     println!("{token}");
     Ok(())
 }

@@ -67,7 +67,7 @@ pub async fn prepare(config: &mut Config, args: &DevArgs) -> Result<Prepared, St
             let user = crate::auth::sign_hs256(
                 secret,
                 &serde_json::json!({"role": "authenticated", "sub": DEMO_USER, "iss": "realtime-rs-dev",
-                    "iat": crate::app::now_ms() / 1000, "exp": crate::app::now_ms() / 1000 + 10 * 365 * 86_400}),
+                    "iat": crate::clock::now_ms() / 1000, "exp": crate::clock::now_ms() / 1000 + 10 * 365 * 86_400}),
             )?;
             lines.push(format!("USER_TOKEN={user}"));
             lines

@@ -262,13 +262,12 @@ pub fn channel_opened(private: bool, pg_bindings: usize) {
 
 /// A channel left or was closed (`by_server`: the client is told with `phx_close`;
 /// otherwise its socket is gone).
-pub fn channel_closed(key: &crate::fanout::TopicKey, pg_bindings: usize, notify: bool) {
+pub fn channel_closed(topic: &str, private: bool, pg_bindings: usize, notify: bool) {
     use std::sync::atomic::Ordering::Relaxed;
-    debug!(topic = %key.topic, phx_close = notify, "channel closed");
+    debug!(topic, phx_close = notify, "channel closed");
     if notify {
         H.msg_out[Out::Close as usize].increment(1);
     }
-    let private = key.private;
     let kind = if private {
         &super::state::PRIVATE_CHANNELS
     } else {

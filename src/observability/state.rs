@@ -145,7 +145,7 @@ impl ReplicationStats {
     /// delivered and acknowledged.
     pub fn delivered(&self, end_lsn: u64, commit_time_us: i64) {
         self.processed.fetch_max(end_lsn, Ordering::Relaxed);
-        let lag = (crate::app::now_ms().saturating_mul(1000) - commit_time_us).max(0);
+        let lag = (crate::clock::now_ms().saturating_mul(1000) - commit_time_us).max(0);
         self.lag_us.store(lag, Ordering::Relaxed);
     }
 
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(s.lag_seconds(), None);
         s.server_wal_end(1000);
         assert_eq!(s.lag_bytes(), Some(1000));
-        s.delivered(600, crate::app::now_ms() * 1000 - 2_000_000);
+        s.delivered(600, crate::clock::now_ms() * 1000 - 2_000_000);
         assert_eq!(s.lag_bytes(), Some(400));
         let lag = s.lag_seconds().unwrap_or_default();
         assert!((1.9..5.0).contains(&lag), "{lag}");

@@ -64,8 +64,8 @@ pub struct PresenceHub {
 
 /// Sends the pending diffs of the topics queued by [`PresenceHub`]; runs for the life of
 /// the server.
-pub async fn run_flusher(app: std::sync::Arc<crate::app::App>) {
-    let Some(mut queue) = crate::sync::lock(&app.presence.flush_queue, "presence flush queue").take() else {
+pub async fn run_flusher(hub: std::sync::Arc<PresenceHub>, registry: std::sync::Arc<Registry>) {
+    let Some(mut queue) = crate::sync::lock(&hub.flush_queue, "presence flush queue").take() else {
         tracing::error!("presence flusher started twice");
         return;
     };
@@ -75,7 +75,7 @@ pub async fn run_flusher(app: std::sync::Arc<crate::app::App>) {
         // microseconds at most on a busy server, nothing on a quiet one).
         tokio::task::yield_now().await;
         for key in keys.drain(..) {
-            app.presence.flush(&app.registry, &key);
+            hub.flush(&registry, &key);
         }
     }
 }

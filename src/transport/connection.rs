@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 
 use super::guard::{FrameGuard, MessageTooBig, UnmaskedFrame};
 use super::outbox::{Closed, Outbox, Outgoing};
-use crate::app::{now_ms, App};
+use crate::app::App;
 use crate::channel::Session;
+use crate::clock::now_ms;
 
 /// What one read produced.
 enum Incoming {

@@ -12,7 +12,8 @@ use hyper::{Request, Response, StatusCode};
 use realtime_protocol::{errors, Vsn};
 use tracing::{info, warn};
 
-use crate::app::{now_ms, App};
+use crate::app::App;
+use crate::clock::now_ms;
 use crate::http::{json_error, plain};
 
 /// Answers an upgrade request: 101 and a spawned connection, or the HTTP error Supabase
