@@ -21,13 +21,13 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::channel::replay::{Stored, StoredBody};
+use crate::broadcast::replay::{Stored, StoredBody};
 use crate::clock::now_ms;
 use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::postgres_changes::pool::Pool;
 
 /// Messages kept in memory per topic: a replay returns at most this many.
-pub const RING: usize = crate::channel::replay::MAX_REPLAY as usize;
+pub const RING: usize = crate::broadcast::replay::MAX_REPLAY as usize;
 /// Bytes of payload kept in memory per topic; older messages are then only in the database.
 const RING_BYTES: usize = 1 << 20;
 /// Messages waiting to be written to the database; beyond this they are kept in memory only.

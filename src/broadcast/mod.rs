@@ -4,6 +4,7 @@
 
 pub mod history;
 pub mod persist;
+pub mod replay;
 
 use realtime_protocol::encode::Status;
 use realtime_protocol::persist::Persist;

@@ -44,7 +44,7 @@ pub fn ttl_secs(p: Persist, retention_hours: u64) -> Option<u64> {
 pub struct Content {
     /// The user event.
     pub event: String,
-    /// JSON text (`Ok`) or bytes (`Err`), as [`crate::channel::replay::StoredBody::User`].
+    /// JSON text (`Ok`) or bytes (`Err`), as [`crate::broadcast::replay::StoredBody::User`].
     pub payload: Result<Bytes, Bytes>,
     /// Came as a whole map (text push): delivered live as a map again.
     pub from_map: bool,

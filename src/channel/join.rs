@@ -8,9 +8,10 @@ use realtime_protocol::errors;
 use realtime_protocol::join::{join_reply_response, JoinRequest};
 use tracing::{debug, info, warn};
 
-use super::{replay, Channel, Session};
+use super::{Channel, Session};
 use crate::authorization;
 use crate::broadcast::history::History;
+use crate::broadcast::replay;
 use crate::clock::now_ms;
 use crate::fanout::{Subscriber, TopicKey};
 use crate::postgres_changes::registry::ChannelSubs;

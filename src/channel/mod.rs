@@ -2,7 +2,6 @@
 //! handler; the capabilities (broadcast, presence, postgres changes) live elsewhere.
 
 mod join;
-pub mod replay;
 mod token;
 
 use std::sync::Arc;
