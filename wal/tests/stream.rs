@@ -3,16 +3,14 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::future::Future;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use realtime_test_pg::{PasswordAuth, PgCluster};
 use realtime_wal::stream::{ReplicationMessage, ReplicationOptions, ReplicationStream};
 use realtime_wal::{Lsn, WalError};
-use support::{PasswordAuth, PgCluster};
 
 /// Upper bound for any single wait on the server.
 const WAIT: Duration = Duration::from_secs(20);

@@ -1,8 +1,10 @@
 //! A throwaway PostgreSQL cluster for integration tests (recipe: shared/research/wal-rls.md §4.1).
 //!
+//! The one PostgreSQL harness of the workspace: `wal/tests/`, `tests/` (through
+//! `tests/common/pg.rs`) and the Postgres Changes bench all start their clusters here.
+//!
 //! ```ignore
-//! mod support;
-//! use support::{PgCluster, PasswordAuth};
+//! use realtime_test_pg::{PgCluster, PasswordAuth};
 //!
 //! let pg = PgCluster::start();                        // initdb + start, wal_level=logical
 //! pg.execute("create table t (id int primary key)").await;
@@ -287,6 +289,19 @@ impl PgCluster {
         self.pg("pg_ctl", &["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"]);
         self.running = false;
         assert!(self.try_start(), "restart failed; log:\n{}", self.server_log());
+    }
+
+    /// Stops with a clean shutdown (`-m fast`); [`PgCluster::start_again`] brings it back on
+    /// the same data dir and port. Existing connections are dropped.
+    pub fn stop_fast(&mut self) {
+        let data = self.data.to_str().unwrap().to_owned();
+        self.pg("pg_ctl", &["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"]);
+        self.running = false;
+    }
+
+    /// Starts a stopped cluster again on the same data dir and port.
+    pub fn start_again(&mut self) {
+        assert!(self.try_start(), "start failed; log:\n{}", self.server_log());
     }
 
     /// Stops immediately (no checkpoint). Called by Drop; idempotent.
