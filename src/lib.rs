@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod db_broadcast;
 pub mod dev;
+pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod limits;
@@ -39,33 +40,33 @@ use crate::app::App;
 use crate::auth::Verifier;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::error::StartupError;
 
 /// Lines printed on stdout after the listening line, given the bound address (what
 /// `realtime dev` tells the user: its database, keys and a snippet).
 pub type Banner = Box<dyn FnOnce(SocketAddr) -> Vec<String> + Send>;
 
 /// Runs the server until SIGINT/SIGTERM.
-pub async fn run(config: Config) -> Result<(), String> {
+pub async fn run(config: Config) -> Result<(), StartupError> {
     run_with(config, Box::new(|_| Vec::new())).await
 }
 
 /// [`run`], printing `banner`'s lines on stdout after the listening line.
-pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> {
+pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupError> {
     observability::init();
     let jwks = match config.jwt_jwks.as_deref() {
-        Some(v) => Some(auth::load_jwks(v).map_err(|e| format!("JWT_JWKS: {e}"))?),
+        Some(v) => Some(auth::load_jwks(v).map_err(StartupError::Jwks)?),
         None => None,
     };
     let mut key_lines = Vec::new();
     if config.jwt_secret.is_none() && jwks.is_none() {
-        let (secret, lines) = development_secret()?;
+        let (secret, lines) = development_secret().map_err(StartupError::DevKeys)?;
         config.jwt_secret = Some(secret);
         key_lines = lines;
     } else if let Some(warning) = config.jwt_secret.as_deref().and_then(short_secret_warning) {
         warn!("{warning}");
     }
-    let verifier =
-        Verifier::new(config.jwt_secret.as_deref(), jwks.as_deref()).map_err(|e| format!("JWT configuration: {e}"))?;
+    let verifier = Verifier::new(config.jwt_secret.as_deref(), jwks.as_deref()).map_err(StartupError::Jwt)?;
 
     // Each client is a socket: use the whole file-descriptor allowance we are given, and
     // keep stalled (not yet upgraded) connections well under it.
@@ -80,8 +81,10 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| StartupError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartupError::Listen { addr, source })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(url) = config.database_url.as_deref() {
@@ -91,30 +94,34 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
             retention_hours: config.messages_retention_hours,
             retention_interval: std::time::Duration::from_secs(config.messages_retention_interval_secs),
         })
-        .await?;
+        .await
+        .map_err(StartupError::Schema)?;
     }
     if let Some(url) = config.database_url.as_deref() {
         create_slots(url, &config).await;
     }
     let pg = match config.database_url.as_deref() {
-        Some(url) => Some(postgres_changes::PgChanges::start(postgres_changes::Settings {
-            database_url: url,
-            publication: &config.publication,
-            slot: &config.slot_name,
-            pool_size: config.db_pool_size,
-            rls_batch: config.postgres_changes_rls_batch,
-            max_record_bytes: config.max_record_bytes,
-            max_in_values: config.max_in_filter_values,
-            start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
-            shutdown: shutdown_rx.clone(),
-        })?),
+        Some(url) => Some(
+            postgres_changes::PgChanges::start(postgres_changes::Settings {
+                database_url: url,
+                publication: &config.publication,
+                slot: &config.slot_name,
+                pool_size: config.db_pool_size,
+                rls_batch: config.postgres_changes_rls_batch,
+                max_record_bytes: config.max_record_bytes,
+                max_in_values: config.max_in_filter_values,
+                start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
+                shutdown: shutdown_rx.clone(),
+            })
+            .map_err(StartupError::PostgresChanges)?,
+        ),
         None => None,
     };
     let history = public_history(&config, pg.as_ref());
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
     let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
-    db_broadcast::start(app.clone())?;
+    db_broadcast::start(app.clone()).map_err(StartupError::DbBroadcast)?;
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.presence.clone(), app.registry.clone()));
 
@@ -139,13 +146,16 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), String> 
 }
 
 /// The limit profiles of LIMITS_FILE (none without it).
-fn load_tiers(config: &Config) -> Result<ahash::AHashMap<String, limits::ClientLimits>, String> {
+fn load_tiers(config: &Config) -> Result<ahash::AHashMap<String, limits::ClientLimits>, StartupError> {
     let Some(path) = &config.limits_file else {
         return Ok(ahash::AHashMap::new());
     };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("LIMITS_FILE {}: {e}", path.display()))?;
-    let tiers = limits::load_tiers(&text, &limits::global_client_limits(config))
-        .map_err(|e| format!("LIMITS_FILE {}: {e}", path.display()))?;
+    let failed = |message: String| StartupError::LimitsFile {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let tiers = limits::load_tiers(&text, &limits::global_client_limits(config)).map_err(|e| failed(e.to_string()))?;
     info!(tiers = ?tiers.keys().collect::<Vec<_>>(), claim = %config.tier_claim, "limit profiles loaded");
     Ok(tiers)
 }

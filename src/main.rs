@@ -60,7 +60,7 @@ fn serve(mut config: Config, dev: Option<DevArgs>) -> ExitCode {
                 Some(prepared.cluster),
                 runtime.block_on(realtime::run_with(config, prepared.banner)),
             ),
-            Err(e) => (None, Err(format!("realtime dev: {e}"))),
+            Err(e) => (None, Err(realtime::error::StartupError::Dev(e.to_string()))),
         },
     };
     // Stop the replication tasks before their database goes away (no reconnect noise).
