@@ -281,24 +281,8 @@ where
             biased;
             // A write to a client that stopped reading blocks; overflowing its outbox
             // meanwhile must still end the connection, so the write races the close.
-            _ = outbox.ready() => match tokio::select! {
-                r = write_batch(writer, outbox, &mut items, &mut buf) => r,
-                _ = outbox.wait_closed() => Ok(outbox.drain(&mut items)),
-            } {
-                Ok(None) => {}
-                Ok(Some(Closed::SlowConsumer)) => {
-                    warn!(error_code = "SlowConsumer", "outbound queue full: disconnecting client");
-                    return End::Slow;
-                }
-                Ok(Some(Closed::Gone)) => return End::Peer,
-                Ok(Some(Closed::Requested(code, reason))) => {
-                    info!(code, reason, "closing the connection: limit");
-                    return End::Limit(code, reason);
-                }
-                Err(e) => {
-                    debug!(error = %e, "write failed");
-                    return End::Peer;
-                }
+            _ = outbox.ready() => if let Some(end) = write_out(writer, outbox, &mut items, &mut buf).await {
+                return end;
             },
             (reader, msg) = &mut reading => {
                 reading = Box::pin(reader.next());
@@ -309,11 +293,17 @@ where
                     // large and would otherwise sit in every idle connection's task.
                     Incoming::Text(bytes) => {
                         last_msg = last_any;
-                        Box::pin(session.handle_text(&bytes)).await;
+                        let handling = Box::pin(session.handle_text(&bytes));
+                        if let Some(end) = while_handling(handling, writer, outbox, &mut items, &mut buf, &mut shutdown).await {
+                            return end;
+                        }
                     }
                     Incoming::Binary(bytes) => {
                         last_msg = last_any;
-                        Box::pin(session.handle_binary(&bytes)).await;
+                        let handling = Box::pin(session.handle_binary(&bytes));
+                        if let Some(end) = while_handling(handling, writer, outbox, &mut items, &mut buf, &mut shutdown).await {
+                            return end;
+                        }
                     }
                     Incoming::Alive => {}
                     Incoming::Gone => return End::Peer,
@@ -341,6 +331,69 @@ where
                 let _ = write_batch(writer, outbox, &mut items, &mut buf).await;
                 return End::Shutdown;
             }
+        }
+    }
+}
+
+/// Runs a message's handler to completion while the connection keeps writing: a handler
+/// may wait on the database (a private join's authorization, a Postgres Changes
+/// subscription), and meanwhile the channels already joined keep receiving. Without this,
+/// a busy topic filled the outbox during the wait and the client was cut off as a slow
+/// consumer because of its own join. Reading waits (messages are handled in order), and
+/// the session's timers run once the handler is done (it holds the session).
+async fn while_handling<W>(
+    handling: std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+    writer: &mut W,
+    outbox: &Outbox,
+    items: &mut Vec<Outgoing>,
+    buf: &mut Vec<u8>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<End>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut handling = handling;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut handling => return None,
+            _ = outbox.ready() => if let Some(end) = write_out(writer, outbox, items, buf).await {
+                return Some(end);
+            },
+            // Shutdown does not wait for a slow handler.
+            _ = shutdown.changed() => if *shutdown.borrow() {
+                let _ = write_batch(writer, outbox, items, buf).await;
+                return Some(End::Shutdown);
+            },
+        }
+    }
+}
+
+/// Writes what the outbox holds; returns why the connection must end, if it must.
+async fn write_out<W>(writer: &mut W, outbox: &Outbox, items: &mut Vec<Outgoing>, buf: &mut Vec<u8>) -> Option<End>
+where
+    W: AsyncWrite + Unpin,
+{
+    // A write to a client that stopped reading blocks; overflowing its outbox meanwhile
+    // must still end the connection, so the write races the close.
+    let written = tokio::select! {
+        r = write_batch(writer, outbox, items, buf) => r,
+        _ = outbox.wait_closed() => Ok(outbox.drain(items)),
+    };
+    match written {
+        Ok(None) => None,
+        Ok(Some(Closed::SlowConsumer)) => {
+            warn!(error_code = "SlowConsumer", "outbound queue full: disconnecting client");
+            Some(End::Slow)
+        }
+        Ok(Some(Closed::Gone)) => Some(End::Peer),
+        Ok(Some(Closed::Requested(code, reason))) => {
+            info!(code, reason, "closing the connection: limit");
+            Some(End::Limit(code, reason))
+        }
+        Err(e) => {
+            debug!(error = %e, "write failed");
+            Some(End::Peer)
         }
     }
 }
