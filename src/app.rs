@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use realtime_protocol::BroadcastMessage;
-
 use crate::auth::Verifier;
-use crate::broadcast::history::History;
 use crate::config::Config;
-use crate::fanout::{ChannelId, Registry, TopicKey};
+use crate::fanout::{ChannelId, Registry};
 use crate::limits::Limits;
 use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
+use crate::publish::broker::{ChangeConsumer, Local};
+use crate::publish::history::History;
+use crate::publish::Publisher;
 
 /// Everything a handler may need, behind one `Arc`.
 pub struct App {
@@ -22,16 +22,14 @@ pub struct App {
     pub config: Config,
     /// JWT verification.
     pub verifier: Verifier,
-    /// Topic subscribers (shared with the presence flusher).
-    pub registry: Arc<Registry>,
+    /// Topic membership and the publish path (shared with the presence flusher).
+    pub publish: Arc<Publisher>,
     /// Presence per topic (shared with the presence flusher).
     pub presence: Arc<PresenceHub>,
     /// Postgres Changes, when a database is configured.
     pub pg: Option<Arc<PgChanges>>,
     /// Rate counters and limits.
     pub limits: Arc<Limits>,
-    /// Public broadcast history, with `REPLAY_PUBLIC=true`.
-    pub history: Option<History>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     next_channel: AtomicU64,
@@ -47,29 +45,19 @@ impl App {
         history: Option<History>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<App> {
+        let registry = Arc::new(Registry::default());
+        let changes = pg.clone().map(|pg| pg as Arc<dyn ChangeConsumer>);
+        let broker = Arc::new(Local::new(registry.clone(), changes));
         Arc::new(App {
             config,
             verifier,
-            registry: Arc::new(Registry::default()),
+            publish: Arc::new(Publisher::new(registry, broker, history, limits.clone())),
             presence: Arc::new(PresenceHub::new(ReplicaId(rand::random()))),
             pg,
             limits,
-            history,
             shutdown,
             next_channel: AtomicU64::new(1),
         })
-    }
-
-    /// Fans out a broadcast from a client or REST: public ones go through the history
-    /// when it is on. Returns how many channels it was queued for.
-    pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        let delivered = match &self.history {
-            Some(history) if !key.private => history.publish(&self.registry, key, msg, exclude),
-            _ => self.registry.broadcast(key, msg, exclude),
-        };
-        // Supabase counts the broadcast and each delivery against events per second.
-        self.limits.events.add(1 + delivered as u64);
-        delivered
     }
 
     /// A process-unique channel id.

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod observability;
 pub mod postgres_changes;
 pub mod presence;
+pub mod publish;
 pub mod realtime_schema;
 pub mod replication;
 pub mod server;
@@ -110,8 +111,6 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
                 rls_batch: config.postgres_changes_rls_batch,
                 max_record_bytes: config.max_record_bytes,
                 max_in_values: config.max_in_filter_values,
-                start_delay: std::time::Duration::from_millis(config.replication_start_delay_ms),
-                shutdown: shutdown_rx.clone(),
             })
             .map_err(StartupError::PostgresChanges)?,
         ),
@@ -121,9 +120,17 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
     let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
+    if let Some(pg) = &app.pg {
+        postgres_changes::replication::spawn(
+            pg,
+            app.publish.clone(),
+            std::time::Duration::from_millis(app.config.replication_start_delay_ms),
+            shutdown_rx.clone(),
+        );
+    }
     db_broadcast::start(app.clone()).map_err(StartupError::DbBroadcast)?;
     spawn_history_sweep(&app);
-    tokio::spawn(presence::run_flusher(app.presence.clone(), app.registry.clone()));
+    tokio::spawn(presence::run_flusher(app.presence.clone(), app.publish.clone()));
 
     let signal = shutdown_signal();
     // Scripts and tests read the bound address from this first stdout line; what a user
@@ -192,18 +199,16 @@ async fn create_slots(url: &str, config: &Config) {
 fn public_history(
     config: &Config,
     pg: Option<&std::sync::Arc<postgres_changes::PgChanges>>,
-) -> Option<broadcast::history::History> {
+) -> Option<publish::history::History> {
     if !config.replay_public {
         return None;
     }
     let every = std::time::Duration::from_secs(config.messages_retention_interval_secs.max(1));
     let history = match pg {
-        Some(pg) => {
-            broadcast::history::History::with_database(pg.shared_pool(), config.messages_retention_hours, every)
-        }
+        Some(pg) => publish::history::History::with_database(pg.shared_pool(), config.messages_retention_hours, every),
         None => {
             warn!("REPLAY_PUBLIC without DATABASE_URL: public broadcast history is kept in memory only");
-            broadcast::history::History::in_memory()
+            publish::history::History::in_memory()
         }
     };
     info!("REPLAY_PUBLIC: public broadcasts are kept for replay");
@@ -213,7 +218,7 @@ fn public_history(
 /// Forgets in-memory history of topics silent for longer than the retention.
 fn spawn_history_sweep(app: &std::sync::Arc<App>) {
     let hours = app.config.messages_retention_hours;
-    if app.history.is_none() || hours == 0 {
+    if app.publish.history().is_none() || hours == 0 {
         return;
     }
     let every = std::time::Duration::from_secs(app.config.messages_retention_interval_secs.max(1));
@@ -224,7 +229,7 @@ fn spawn_history_sweep(app: &std::sync::Arc<App>) {
         loop {
             ticker.tick().await;
             let Some(app) = app.upgrade() else { return };
-            if let Some(history) = &app.history {
+            if let Some(history) = app.publish.history() {
                 history.forget_older_than(now_ms() - i64::try_from(hours * 3_600_000).unwrap_or(i64::MAX));
             }
         }

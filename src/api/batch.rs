@@ -63,7 +63,9 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, claims: &Claims) -
             message.payload.as_bytes(),
         );
         let key = TopicKey::new(&format!("realtime:{}", message.topic), message.private);
-        let n = app.broadcast(&key, &BroadcastMessage::Map(Bytes::from(map)), None);
+        let n = app
+            .publish
+            .broadcast(&key, &BroadcastMessage::Map(Bytes::from(map)), None);
         debug!(topic = %key.topic, delivered = n, "REST batch broadcast");
     }
     empty(StatusCode::ACCEPTED)

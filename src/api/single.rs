@@ -103,11 +103,11 @@ pub(super) async fn handle(
                 );
             }
         };
-        let n = persist::publish(app, &key, &content.live(&id), &id, None);
+        let n = app.publish.stored(&key, &content.live(&id), &id, None);
         debug!(topic = %key.topic, %id, delivered = n, ?ttl, "REST persisted broadcast");
         return empty(StatusCode::ACCEPTED);
     }
-    let n = app.broadcast(&key, &msg, None);
+    let n = app.publish.broadcast(&key, &msg, None);
     debug!(topic = %key.topic, delivered = n, "REST single broadcast");
     empty(StatusCode::ACCEPTED)
 }

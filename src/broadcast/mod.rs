@@ -1,8 +1,7 @@
 //! Broadcast from clients over the WebSocket (self, ack, payload limit) into the fan-out.
-//! REST broadcasts are in [`crate::api`]; both end in [`crate::fanout::Registry::broadcast`].
+//! REST broadcasts are in [`crate::api`]; both go out through [`crate::publish::Publisher::broadcast`].
 //! Broadcasts that ask for `persist` are stored first ([`persist`]).
 
-pub mod history;
 pub mod persist;
 pub mod replay;
 
@@ -32,6 +31,6 @@ pub async fn from_client(
         return persist::from_client(app, ch, msg, p).await;
     }
     let exclude = (!ch.broadcast_self).then_some(ch.id);
-    app.broadcast(&ch.key, &msg, exclude);
+    app.publish.broadcast(&ch.key, &msg, exclude);
     ch.broadcast_ack.then(|| (Status::Ok, "{}".to_owned()))
 }

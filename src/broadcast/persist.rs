@@ -22,8 +22,6 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::channel::Channel;
-use crate::fanout::{ChannelId, TopicKey};
-use crate::observability::metrics::{self, Out};
 use crate::postgres_changes::pool::Pool;
 
 /// Longest lifetime honoured (200 years), so the expiry stays a valid timestamp.
@@ -136,20 +134,6 @@ pub async fn store(
     row.try_get(0)
 }
 
-/// Delivers a stored message live like [`App::broadcast`], skipping channels that already
-/// got it by replay. Returns how many channels it was queued for.
-pub fn publish(app: &App, key: &TopicKey, msg: &BroadcastMessage, id: &str, exclude: Option<ChannelId>) -> usize {
-    let n = app.registry.publish(
-        key,
-        exclude,
-        |s| s.broadcast_read && !s.replayed.as_ref().is_some_and(|r| r.contains(id)),
-        |vsn| msg.encode(vsn, &key.topic),
-    );
-    metrics::out(Out::Broadcast, n);
-    app.limits.events.add(1 + n as u64);
-    n
-}
-
 /// Why a `persist` request cannot be honoured before touching the database, if it cannot.
 pub fn refusal(app: &App, private: bool, p: Persist) -> Option<&'static str> {
     if !private {
@@ -194,7 +178,7 @@ pub async fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage, p: Pers
         }
     };
     let exclude = (!ch.broadcast_self).then_some(ch.id);
-    let n = publish(app, &ch.key, &content.live(&id), &id, exclude);
+    let n = app.publish.stored(&ch.key, &content.live(&id), &id, exclude);
     debug!(%topic, %id, delivered = n, ?ttl, "persisted broadcast stored and delivered");
     ch.broadcast_ack
         .then(|| (Status::Ok, serde_json::json!({ "id": id }).to_string()))

@@ -2,9 +2,8 @@
 //! `limit` (at most 25) messages of the topic since `since`, delivered oldest first after
 //! the join reply with `meta {"id", "replayed": true}`; their live copies are then not
 //! delivered to the channel again. With `REPLAY_PUBLIC` public channels replay too, from
-//! [`crate::broadcast::history`] and the public rows of `realtime.messages`.
+//! [`crate::publish::history`] and the public rows of `realtime.messages`.
 
-use bytes::Bytes;
 use realtime_protocol::broadcast::{json_map, map_with_meta, user_broadcast_frame};
 use realtime_protocol::{encode, Encoding, Vsn, WireFrame};
 use serde_json::Value;
@@ -12,9 +11,10 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::postgres_changes::pool::Pool;
+pub use crate::publish::history::{Stored, StoredBody, RING};
 
 /// Most messages one replay returns (Supabase's cap and default).
-pub const MAX_REPLAY: i64 = 25;
+pub const MAX_REPLAY: i64 = RING as i64;
 
 /// `{since, limit}` from the join config; `None` when they are not valid integers.
 pub fn params(replay: &Value) -> Option<(i64, i64)> {
@@ -24,42 +24,6 @@ pub fn params(replay: &Value) -> Option<(i64, i64)> {
         Some(v) => v.as_i64()?,
     };
     Some((since, limit.clamp(1, MAX_REPLAY)))
-}
-
-/// A stored message.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    /// Its id (`meta.id`).
-    pub id: Arc<str>,
-    /// When it was stored, unix microseconds: replay's order (and `since`, in ms).
-    pub at_us: i64,
-    /// What it carries.
-    pub body: StoredBody,
-}
-
-/// A stored message's content.
-#[derive(Debug, Clone)]
-pub enum StoredBody {
-    /// A user broadcast: event, and JSON payload text or binary payload.
-    User {
-        event: String,
-        payload: Result<Bytes, Bytes>,
-    },
-    /// A whole broadcast map as a client sent it (`{"type","event","payload"}`).
-    Map(Bytes),
-}
-
-impl StoredBody {
-    /// A user broadcast from stored columns: the JSON payload's text, else the bytes.
-    pub fn user(event: String, json: Option<String>, binary: Option<Vec<u8>>) -> StoredBody {
-        StoredBody::User {
-            event,
-            payload: match json {
-                Some(json) => Ok(Bytes::from(json)),
-                None => Err(Bytes::from(binary.unwrap_or_default())),
-            },
-        }
-    }
 }
 
 /// Reads the newest `limit` messages of `realtime.messages` for `topic` (without
@@ -153,6 +117,7 @@ pub fn ids(messages: &[Stored]) -> ahash::AHashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use serde_json::json;
 
     #[test]

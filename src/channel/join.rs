@@ -10,11 +10,11 @@ use tracing::{debug, info, warn};
 
 use super::{Channel, Session};
 use crate::authorization;
-use crate::broadcast::history::History;
 use crate::broadcast::replay;
 use crate::clock::now_ms;
 use crate::fanout::{Subscriber, TopicKey};
 use crate::postgres_changes::registry::ChannelSubs;
+use crate::publish::history::History;
 
 pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, ref_: Option<&str>, req: JoinRequest) {
     let Some(sub_topic) = topic.strip_prefix("realtime:") else {
@@ -91,7 +91,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     let config = req.config;
     // Public replay is refused as Supabase does, unless REPLAY_PUBLIC keeps a history.
     let public_replay = config.replay.is_some() && !config.private;
-    if public_replay && s.app.history.is_none() {
+    if public_replay && s.app.publish.history().is_none() {
         return refuse(s, errors::REPLAY_PUBLIC);
     }
     let read = if config.private {
@@ -204,9 +204,9 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
             presence_read: read.presence,
             replayed: replayed.as_deref().map(|m| Arc::new(replay::ids(m))),
         };
-        s.app.presence.join(&s.app.registry, &key, sub, state_join_ref);
+        s.app.presence.join(&s.app.publish, &key, sub, state_join_ref);
     };
-    match (&s.app.history, public_replay) {
+    match (s.app.publish.history(), public_replay) {
         (Some(history), true) => history.with_recent(topic, replay_since, finish),
         _ => finish(Vec::new()),
     }

@@ -290,7 +290,7 @@ impl Session {
     /// Leaves the fan-out and presence; with `notify`, tells the client with `phx_close`.
     fn close_channel(&self, ch: Box<Channel>, notify: bool) {
         crate::observability::metrics::channel_closed(&ch.key.topic, ch.key.private, ch.pg_bindings.len(), notify);
-        self.app.presence.leave(&self.app.registry, &ch.key, ch.id);
+        self.app.presence.leave(&self.app.publish, &ch.key, ch.id);
         if let Some(pg) = &self.app.pg {
             pg.unsubscribe(ch.id);
         }

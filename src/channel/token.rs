@@ -70,8 +70,7 @@ async fn reauthorize(s: &mut Session, topic: &str, claims: &crate::auth::Claims)
     if read != before {
         if let Some(ch) = s.channels.get_mut(topic) {
             ch.read = read;
-            s.app.registry.unsubscribe(&ch.key, ch.id);
-            s.app.registry.subscribe(
+            s.app.publish.resubscribe(
                 &ch.key,
                 Subscriber {
                     channel: ch.id,

@@ -99,7 +99,6 @@ fn deliver(app: &App, change: &RowChange) {
         return;
     }
     let key = TopicKey::new(&format!("realtime:{}", msg.topic), msg.private);
-    let n = app.registry.broadcast_stored(&key, &msg.message, &msg.id);
-    app.limits.events.add(1 + n as u64);
+    let n = app.publish.stored(&key, &msg.message, &msg.id, None);
     trace!(id = %msg.id, topic = %msg.topic, private = msg.private, subscribers = n, "database broadcast delivered");
 }

@@ -10,9 +10,9 @@ use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 
 use ahash::{AHashMap, RandomState};
-use realtime_protocol::{encode, BroadcastMessage, Vsn, WireFrame};
+use realtime_protocol::{Vsn, WireFrame};
 
-use crate::observability::{self, metrics::Out};
+use crate::observability;
 use crate::transport::outbox::Outbox;
 
 /// Identifies one joined channel (unique for the life of the process).
@@ -85,25 +85,44 @@ impl Registry {
         &self.shards[i]
     }
 
-    /// Adds a channel to a topic.
-    pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
-        crate::sync::write(self.shard(key), "fan-out shard")
-            .entry(key.clone())
-            .or_default()
-            .push(sub);
+    /// Adds a channel to a topic; true when it is the topic's first.
+    pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) -> bool {
+        let mut shard = crate::sync::write(self.shard(key), "fan-out shard");
+        let subs = shard.entry(key.clone()).or_default();
+        subs.push(sub);
+        subs.len() == 1
     }
 
-    /// Removes a channel from a topic; drops the topic when it empties.
-    pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) {
+    /// Replaces a channel's entry (same channel id) in place, as when a new token changes
+    /// what it may read; gives `sub` back when the channel is not subscribed.
+    pub fn replace(&self, key: &TopicKey, sub: Subscriber) -> Result<(), Subscriber> {
         let mut shard = crate::sync::write(self.shard(key), "fan-out shard");
-        if let Some(subs) = shard.get_mut(key) {
-            if let Some(i) = subs.iter().position(|s| s.channel == channel) {
-                subs.swap_remove(i);
-            }
-            if subs.is_empty() {
-                shard.remove(key);
-            }
+        let Some(entry) = shard
+            .get_mut(key)
+            .and_then(|subs| subs.iter_mut().find(|s| s.channel == sub.channel))
+        else {
+            return Err(sub);
+        };
+        *entry = sub;
+        Ok(())
+    }
+
+    /// Removes a channel from a topic and drops the topic when it empties; true when this
+    /// removal emptied it.
+    pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) -> bool {
+        let mut shard = crate::sync::write(self.shard(key), "fan-out shard");
+        let Some(subs) = shard.get_mut(key) else {
+            return false;
+        };
+        let Some(i) = subs.iter().position(|s| s.channel == channel) else {
+            return false;
+        };
+        subs.swap_remove(i);
+        if subs.is_empty() {
+            shard.remove(key);
+            return true;
         }
+        false
     }
 
     /// Number of channels subscribed to a topic.
@@ -149,39 +168,6 @@ impl Registry {
         observability::metrics::fanout_done(started);
         delivered
     }
-
-    /// Fans out a broadcast (see [`BroadcastMessage::encode`] for what each version gets).
-    pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        let n = self.publish(key, exclude, |s| s.broadcast_read, |vsn| msg.encode(vsn, &key.topic));
-        observability::metrics::out(Out::Broadcast, n);
-        n
-    }
-
-    /// Fans out a stored message (Broadcast from Database) with row id `id`, skipping
-    /// channels that already got it by replay.
-    pub fn broadcast_stored(&self, key: &TopicKey, msg: &BroadcastMessage, id: &str) -> usize {
-        let n = self.publish(
-            key,
-            None,
-            |s| s.broadcast_read && !s.replayed.as_ref().is_some_and(|r| r.contains(id)),
-            |vsn| msg.encode(vsn, &key.topic),
-        );
-        observability::metrics::out(Out::Broadcast, n);
-        n
-    }
-
-    /// Fans out a `presence_diff` (null join_ref/ref) to every subscriber allowed to see
-    /// presence.
-    pub fn presence_diff(&self, key: &TopicKey, payload_json: &[u8]) -> usize {
-        let n = self.publish(
-            key,
-            None,
-            |s| s.presence_read,
-            |vsn| Some(encode::fastlane(vsn, &key.topic, "presence_diff", payload_json)),
-        );
-        observability::metrics::out(Out::PresenceDiff, n);
-        n
-    }
 }
 
 #[cfg(test)]
@@ -189,6 +175,7 @@ mod tests {
     use super::*;
     use crate::transport::outbox::Outgoing;
     use bytes::Bytes;
+    use realtime_protocol::encode;
 
     fn sub(id: ChannelId, vsn: Vsn) -> (Subscriber, Arc<Outbox>) {
         let outbox = Arc::new(Outbox::new(100, 1 << 20));
@@ -249,14 +236,15 @@ mod tests {
         let private = TopicKey::new("realtime:room", true);
         let (a, oa) = sub(1, Vsn::V2);
         let (b, ob) = sub(2, Vsn::V2);
-        reg.subscribe(&public, a);
-        reg.subscribe(&private, b);
-        let msg = BroadcastMessage::Map(Bytes::from_static(b"{}"));
-        assert_eq!(reg.broadcast(&public, &msg, Some(1)), 0);
-        assert_eq!(reg.broadcast(&public, &msg, None), 1);
+        assert!(reg.subscribe(&public, a), "the first member");
+        assert!(reg.subscribe(&private, b));
+        let frame = |vsn| Some(encode::fastlane(vsn, "realtime:room", "e", b"{}"));
+        assert_eq!(reg.publish(&public, Some(1), |_| true, frame), 0);
+        assert_eq!(reg.publish(&public, None, |_| true, frame), 1);
         assert!(drained(&ob).is_empty(), "a private topic is not the public one");
         assert_eq!(drained(&oa).len(), 1);
-        reg.unsubscribe(&public, 1);
+        assert!(reg.unsubscribe(&public, 1), "the last member leaving empties the topic");
+        assert!(!reg.unsubscribe(&public, 1));
         assert_eq!(reg.subscriber_count(&public), 0);
         assert_eq!(reg.subscriber_count(&private), 1);
     }

@@ -69,14 +69,10 @@ pub struct Settings<'a> {
     pub max_record_bytes: usize,
     /// Most values of an `in` filter (`MAX_IN_FILTER_VALUES`).
     pub max_in_values: usize,
-    /// Wait before the first streaming session (see `REPLICATION_START_DELAY_MS`).
-    pub start_delay: Duration,
-    /// Becomes true at shutdown (the stream then acknowledges what it delivered).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PgChanges {
-    /// Parses the settings and starts the replication task.
+    /// Parses the settings; [`replication::spawn`] then starts streaming.
     pub fn start(settings: Settings<'_>) -> Result<Arc<PgChanges>, String> {
         let config: tokio_postgres::Config = settings
             .database_url
@@ -96,7 +92,6 @@ impl PgChanges {
             connected: AtomicBool::new(false),
             outage: AtomicBool::new(false),
         });
-        tokio::spawn(replication::run(pg.clone(), settings.start_delay, settings.shutdown));
         info!(
             publication = settings.publication,
             slot = settings.slot,

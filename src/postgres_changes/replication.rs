@@ -1,6 +1,7 @@
 //! Postgres Changes as a [`Sink`] of the replication driver (`crate::replication`), which
 //! streams the slot, batches changes (group commit, chunks of a large transaction) and
-//! acknowledges a transaction's end only once [`dispatch::deliver`] has queued its frames.
+//! acknowledges a transaction's end only once the batch is published: handed through the
+//! publish path ([`Publisher::changes`]) to [`dispatch::deliver`], which queues its frames.
 //! What is left here is this capability's part: while Postgres is away, subscribers are
 //! told, and told again when it is back (every channel is re-resolved); a table whose shape
 //! changed is read again from the catalog.
@@ -15,10 +16,13 @@ use tokio::sync::watch;
 
 use super::{dispatch, PgChanges};
 use crate::observability::state::PG_CHANGES;
+use crate::publish::broker::{ChangeConsumer, Delivery};
+use crate::publish::Publisher;
 use crate::replication::{self, Batch, Sink};
 
-/// Streams the slot until shutdown (or an error that needs an operator).
-pub async fn run(pg: Arc<PgChanges>, start_delay: Duration, shutdown: watch::Receiver<bool>) {
+/// Starts streaming the slot until shutdown (or an error that needs an operator),
+/// publishing each batch through `publish`.
+pub fn spawn(pg: &Arc<PgChanges>, publish: Arc<Publisher>, start_delay: Duration, shutdown: watch::Receiver<bool>) {
     let settings = replication::Settings {
         db: pg.config.clone(),
         slot: pg.slot.clone(),
@@ -28,11 +32,11 @@ pub async fn run(pg: Arc<PgChanges>, start_delay: Duration, shutdown: watch::Rec
         stats: &PG_CHANGES,
         shutdown,
     };
-    replication::run(settings, Changes(pg)).await;
+    tokio::spawn(replication::run(settings, Changes(pg.clone(), publish)));
 }
 
-/// The sink: RLS-checked fan-out of each batch.
-struct Changes(Arc<PgChanges>);
+/// The sink: each batch goes through the publish path to the RLS-checked fan-out.
+struct Changes(Arc<PgChanges>, Arc<Publisher>);
 
 impl Sink for Changes {
     async fn publication_ready(&self) -> Result<bool, tokio_postgres::Error> {
@@ -63,6 +67,15 @@ impl Sink for Changes {
     }
 
     async fn on_changes(&self, batch: &Batch) {
-        dispatch::deliver(&self.0, &batch.changes, &batch.commit_times(), &batch.xids()).await;
+        self.1.changes(batch).await;
+    }
+}
+
+/// Row changes published on this node reach its Postgres Changes subscribers here.
+impl ChangeConsumer for PgChanges {
+    fn deliver<'a>(&'a self, batch: &'a Batch) -> Delivery<'a> {
+        Box::pin(async move {
+            dispatch::deliver(self, &batch.changes, &batch.commit_times(), &batch.xids()).await;
+        })
     }
 }

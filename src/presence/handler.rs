@@ -16,12 +16,12 @@ pub fn handle(app: &App, ch: &Channel, cmd: PresenceCommand, reply: impl FnOnce(
         PresenceCommand::Track(Value::Object(payload)) => {
             reply(Status::Ok, "{}");
             app.presence
-                .track(&app.registry, &ch.key, ch.id, &ch.presence_key, payload);
+                .track(&app.publish, &ch.key, ch.id, &ch.presence_key, payload);
         }
         PresenceCommand::Track(_) => reply(Status::Error, &encode::reason(errors::PRESENCE_NOT_A_MAP)),
         PresenceCommand::Untrack => {
             reply(Status::Ok, "{}");
-            app.presence.untrack(&app.registry, &ch.key, ch.id);
+            app.presence.untrack(&app.publish, &ch.key, ch.id);
         }
         // Supabase answers a presence push without `event` with ok and does nothing.
         PresenceCommand::Missing => reply(Status::Ok, "{}"),

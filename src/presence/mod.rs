@@ -23,7 +23,8 @@ use realtime_protocol::encode;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::fanout::{ChannelId, Registry, Subscriber, TopicKey};
+use crate::fanout::{ChannelId, Subscriber, TopicKey};
+use crate::publish::Publisher;
 use state::{Diff, PhxRefGen, ReplicaId, TopicPresence};
 
 const SHARDS: usize = 64;
@@ -40,11 +41,11 @@ struct Topic {
 impl Topic {
     /// Sends the pending diff (if any) to the topic's members; a queued flush then finds
     /// nothing to do.
-    fn send_pending(&mut self, registry: &Registry, key: &TopicKey) {
+    fn send_pending(&mut self, publish: &Publisher, key: &TopicKey) {
         self.queued = false;
         let diff = std::mem::take(&mut self.pending);
         if !diff.is_empty() {
-            registry.presence_diff(key, diff.to_json().as_bytes());
+            publish.presence_diff(key, diff.to_json().as_bytes());
         }
     }
 }
@@ -64,7 +65,7 @@ pub struct PresenceHub {
 
 /// Sends the pending diffs of the topics queued by [`PresenceHub`]; runs for the life of
 /// the server.
-pub async fn run_flusher(hub: std::sync::Arc<PresenceHub>, registry: std::sync::Arc<Registry>) {
+pub async fn run_flusher(hub: std::sync::Arc<PresenceHub>, publish: std::sync::Arc<Publisher>) {
     let Some(mut queue) = crate::sync::lock(&hub.flush_queue, "presence flush queue").take() else {
         tracing::error!("presence flusher started twice");
         return;
@@ -75,7 +76,7 @@ pub async fn run_flusher(hub: std::sync::Arc<PresenceHub>, registry: std::sync::
         // microseconds at most on a busy server, nothing on a quiet one).
         tokio::task::yield_now().await;
         for key in keys.drain(..) {
-            hub.flush(&registry, &key);
+            hub.flush(&publish, &key);
         }
     }
 }
@@ -100,7 +101,7 @@ impl PresenceHub {
 
     /// Merges a change into the topic's pending diff and queues a flush; a topic left
     /// empty is flushed and forgotten at once.
-    fn changed(&self, shard: &mut Shard, registry: &Registry, key: &TopicKey, diff: Option<Diff>) {
+    fn changed(&self, shard: &mut Shard, publish: &Publisher, key: &TopicKey, diff: Option<Diff>) {
         let Some(topic) = shard.get_mut(key) else {
             return;
         };
@@ -108,33 +109,33 @@ impl PresenceHub {
             topic.pending.absorb(diff);
         }
         if topic.presence.is_empty() {
-            topic.send_pending(registry, key);
+            topic.send_pending(publish, key);
             shard.remove(key);
         } else if !topic.queued && !topic.pending.is_empty() {
             topic.queued = true;
             if self.flushes.send(key.clone()).is_err() {
                 tracing::error!(topic = %key.topic, "presence flusher is gone: sending the diff inline");
-                topic.send_pending(registry, key);
+                topic.send_pending(publish, key);
             }
         }
     }
 
     /// Sends a topic's pending diff.
-    fn flush(&self, registry: &Registry, key: &TopicKey) {
+    fn flush(&self, publish: &Publisher, key: &TopicKey) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         if let Some(topic) = shard.get_mut(key) {
-            topic.send_pending(registry, key);
+            topic.send_pending(publish, key);
         }
     }
 
     /// Subscribes a channel to its topic. With `state_join_ref` (presence enabled at
     /// join) the channel also gets `presence_state`, with no diff lost or duplicated
     /// around it.
-    pub fn join(&self, registry: &Registry, key: &TopicKey, sub: Subscriber, state_join_ref: Option<&str>) {
+    pub fn join(&self, publish: &Publisher, key: &TopicKey, sub: Subscriber, state_join_ref: Option<&str>) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         // Members must get what is pending before the newcomer's state includes it.
         if let Some(topic) = shard.get_mut(key) {
-            topic.send_pending(registry, key);
+            topic.send_pending(publish, key);
         }
         if let Some(join_ref) = state_join_ref {
             let state = shard
@@ -144,15 +145,15 @@ impl PresenceHub {
             sub.outbox.push(frame);
             crate::observability::metrics::out(crate::observability::metrics::Out::PresenceState, 1);
         }
-        registry.subscribe(key, sub);
+        publish.subscribe(key, sub);
     }
 
     /// Unsubscribes a channel and removes its presence (leave, close, dead socket).
-    pub fn leave(&self, registry: &Registry, key: &TopicKey, channel: ChannelId) {
+    pub fn leave(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
-        registry.unsubscribe(key, channel);
+        publish.unsubscribe(key, channel);
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
-        self.changed(&mut shard, registry, key, diff);
+        self.changed(&mut shard, publish, key, diff);
     }
 
     /// Tracked presences (metas) over all topics (for `/metrics`; locks each shard briefly).
@@ -171,7 +172,7 @@ impl PresenceHub {
     /// Tracks (or updates) a channel's presence under `presence_key`.
     pub fn track(
         &self,
-        registry: &Registry,
+        publish: &Publisher,
         key: &TopicKey,
         channel: ChannelId,
         presence_key: &str,
@@ -185,14 +186,14 @@ impl PresenceHub {
             queued: false,
         });
         let diff = topic.presence.track(channel, presence_key, payload, phx_ref);
-        self.changed(&mut shard, registry, key, diff);
+        self.changed(&mut shard, publish, key, diff);
     }
 
     /// Removes a channel's presence; the channel stays subscribed.
-    pub fn untrack(&self, registry: &Registry, key: &TopicKey, channel: ChannelId) {
+    pub fn untrack(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
-        self.changed(&mut shard, registry, key, diff);
+        self.changed(&mut shard, publish, key, diff);
     }
 }
 

@@ -21,13 +21,12 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::broadcast::replay::{Stored, StoredBody};
 use crate::clock::now_ms;
-use crate::fanout::{ChannelId, Registry, TopicKey};
+use crate::fanout::TopicKey;
 use crate::postgres_changes::pool::Pool;
 
-/// Messages kept in memory per topic: a replay returns at most this many.
-pub const RING: usize = crate::broadcast::replay::MAX_REPLAY as usize;
+/// Messages kept in memory per topic: Supabase replays at most 25.
+pub const RING: usize = 25;
 /// Bytes of payload kept in memory per topic; older messages are then only in the database.
 const RING_BYTES: usize = 1 << 20;
 /// Messages waiting to be written to the database; beyond this they are kept in memory only.
@@ -35,6 +34,42 @@ const STORE_QUEUE: usize = 65_536;
 /// Rows per insert statement.
 const STORE_BATCH: usize = 512;
 const SHARDS: usize = 64;
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its id (`meta.id`).
+    pub id: Arc<str>,
+    /// When it was stored, unix microseconds: replay's order (and `since`, in ms).
+    pub at_us: i64,
+    /// What it carries.
+    pub body: StoredBody,
+}
+
+/// A stored message's content.
+#[derive(Debug, Clone)]
+pub enum StoredBody {
+    /// A user broadcast: event, and JSON payload text or binary payload.
+    User {
+        event: String,
+        payload: Result<Bytes, Bytes>,
+    },
+    /// A whole broadcast map as a client sent it (`{"type","event","payload"}`).
+    Map(Bytes),
+}
+
+impl StoredBody {
+    /// A user broadcast from stored columns: the JSON payload's text, else the bytes.
+    pub fn user(event: String, json: Option<String>, binary: Option<Vec<u8>>) -> StoredBody {
+        StoredBody::User {
+            event,
+            payload: match json {
+                Some(json) => Ok(Bytes::from(json)),
+                None => Err(Bytes::from(binary.unwrap_or_default())),
+            },
+        }
+    }
+}
 
 #[derive(Default)]
 struct Ring {
@@ -121,14 +156,14 @@ impl History {
         &self.shards[i]
     }
 
-    /// Gives `msg` an id, keeps it, and fans it out on the public topic `key` (with
-    /// `meta.id`). Returns how many channels it was queued for.
-    pub fn publish(
+    /// Gives `msg` an id, keeps it, and hands the message with `meta.id` to `deliver`
+    /// while the topic's history is locked (see the module docs). Returns what `deliver`
+    /// returns.
+    pub fn record(
         &self,
-        registry: &Registry,
         key: &TopicKey,
         msg: &BroadcastMessage,
-        exclude: Option<ChannelId>,
+        deliver: impl FnOnce(&BroadcastMessage) -> usize,
     ) -> usize {
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let meta = format!("{{\"id\":\"{id}\"}}");
@@ -139,7 +174,7 @@ impl History {
                     StoredBody::Map(map.clone()),
                 ),
                 // Not an object (Supabase relays any payload): relayed, not kept.
-                None => return registry.broadcast(key, msg, exclude),
+                None => return deliver(msg),
             },
             BroadcastMessage::User {
                 event, encoding, body, ..
@@ -167,7 +202,7 @@ impl History {
         let delivered = {
             let mut shard = crate::sync::lock(self.shard(&key.topic), "broadcast history shard");
             shard.entry(key.topic.clone()).or_default().push(stored.clone());
-            registry.broadcast(key, &live, exclude)
+            deliver(&live)
         };
         if let Some(store) = &self.store {
             if store.try_send((key.topic.clone(), stored)).is_err() {

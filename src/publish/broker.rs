@@ -1,0 +1,115 @@
+//! The broker seam: where a published message leaves the producer and reaches every
+//! subscriber of its topic. [`Local`] delivers to this process's [`Registry`]; a cluster
+//! broker (Redis, NATS) implements the same trait, delivering locally and through its
+//! engine to the other nodes' local fan-out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use realtime_protocol::{encode, BroadcastMessage};
+
+use crate::fanout::{ChannelId, Registry, TopicKey};
+use crate::observability::metrics::{self, Out};
+use crate::replication::Batch;
+
+/// A delivery in progress; it completes once every frame is queued.
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Where row changes published on this node are delivered (Postgres Changes: filters and
+/// RLS per subscriber). Boxed futures: one allocation per batch, not per change.
+pub trait ChangeConsumer: Send + Sync {
+    /// Delivers a batch of committed changes to this node's subscribers.
+    fn deliver<'a>(&'a self, batch: &'a Batch) -> Delivery<'a>;
+}
+
+/// What is published on a topic.
+#[derive(Debug, Clone, Copy)]
+pub enum Message<'a> {
+    /// A broadcast event.
+    Broadcast {
+        /// The message as each wire version encodes it.
+        msg: &'a BroadcastMessage,
+        /// The sender's own channel when it joined with `self: false`.
+        exclude: Option<ChannelId>,
+        /// The stored row's id, for a message kept in `realtime.messages`: channels that
+        /// already got it by replay at join are skipped.
+        stored_id: Option<&'a str>,
+    },
+    /// A `presence_diff` payload (a JSON object `{joins, leaves}`).
+    PresenceDiff(&'a [u8]),
+}
+
+/// Delivers published messages to the subscribers of their topic.
+pub trait Broker: Send + Sync {
+    /// Delivers `message` to the topic's subscribers and returns how many channels of this
+    /// node it was queued for. Never waits: fan-out pushes into outboxes.
+    fn publish(&self, key: &TopicKey, message: Message<'_>) -> usize;
+
+    /// Delivers a batch of row changes, decoded once from the replication slot, to the
+    /// Postgres Changes subscribers; completes once it is handed over (the slot position
+    /// is then acknowledged).
+    fn publish_changes<'a>(&'a self, batch: &'a Batch) -> Delivery<'a>;
+
+    /// `key` got its first member on this node: a cluster broker starts receiving the
+    /// topic from its engine. Called once per transition, before the member can receive.
+    fn topic_added(&self, _key: &TopicKey) {}
+
+    /// `key`'s last member on this node left.
+    fn topic_removed(&self, _key: &TopicKey) {}
+}
+
+/// The in-process broker: a message goes straight to this node's subscribers.
+pub struct Local {
+    registry: Arc<Registry>,
+    changes: Option<Arc<dyn ChangeConsumer>>,
+}
+
+impl Local {
+    /// A broker over `registry`, delivering row changes to `changes` (none without a
+    /// database).
+    pub fn new(registry: Arc<Registry>, changes: Option<Arc<dyn ChangeConsumer>>) -> Local {
+        Local { registry, changes }
+    }
+}
+
+impl Broker for Local {
+    fn publish(&self, key: &TopicKey, message: Message<'_>) -> usize {
+        match message {
+            Message::Broadcast {
+                msg,
+                exclude,
+                stored_id,
+            } => {
+                let n = self.registry.publish(
+                    key,
+                    exclude,
+                    |s| {
+                        s.broadcast_read
+                            && !stored_id.is_some_and(|id| s.replayed.as_ref().is_some_and(|r| r.contains(id)))
+                    },
+                    |vsn| msg.encode(vsn, &key.topic),
+                );
+                metrics::out(Out::Broadcast, n);
+                n
+            }
+            Message::PresenceDiff(json) => {
+                let n = self.registry.publish(
+                    key,
+                    None,
+                    |s| s.presence_read,
+                    |vsn| Some(encode::fastlane(vsn, &key.topic, "presence_diff", json)),
+                );
+                metrics::out(Out::PresenceDiff, n);
+                n
+            }
+        }
+    }
+
+    fn publish_changes<'a>(&'a self, batch: &'a Batch) -> Delivery<'a> {
+        match &self.changes {
+            Some(consumer) => consumer.deliver(batch),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+}
