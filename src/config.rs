@@ -3,11 +3,10 @@
 
 use std::net::IpAddr;
 
-use clap::Parser;
+use clap::Args;
 
-/// realtime-rs: a self-hosted, drop-in replacement for Supabase Realtime.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "realtime", version, about)]
+/// The server's settings (the binary's arguments are [`crate::cli::Cli`]).
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -218,10 +217,6 @@ pub struct Config {
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
-
-    /// `token` or `dev`; none = serve.
-    #[command(subcommand)]
-    pub command: Option<crate::cli::Command>,
 }
 
 impl Config {

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use realtime::cli::Command;
+use realtime::cli::{Cli, Command};
 use realtime::config::Config;
 use realtime::dev::DevArgs;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    match config.command.clone() {
+    let Cli { config, command } = Cli::parse();
+    match command {
         Some(Command::Token(args)) => match realtime::cli::token::run(&config, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -20,8 +20,8 @@ use realtime_protocol::{errors, BroadcastMessage, Encoding};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::Sender;
 use crate::app::App;
-use crate::channel::Channel;
 use crate::postgres_changes::pool::Pool;
 
 /// Longest lifetime honoured (200 years), so the expiry stays a valid timestamp.
@@ -151,13 +151,15 @@ pub fn refusal(app: &App, private: bool, p: Persist) -> Option<&'static str> {
 /// Stores then delivers a client's broadcast that asked for `persist` (write permission
 /// and payload size already checked). Returns the reply to send, if any (only with `ack`):
 /// ok `{"id"}`, or error `{"error": …}`.
-pub async fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage, p: Persist) -> Option<(Status, String)> {
-    let topic = &ch.key.topic;
+pub async fn from_client(app: &App, sender: Sender<'_>, msg: BroadcastMessage, p: Persist) -> Option<(Status, String)> {
+    let topic = &sender.key.topic;
     let error = |why: &str| {
-        ch.broadcast_ack
+        sender
+            .settings
+            .ack
             .then(|| (Status::Error, serde_json::json!({ "error": why }).to_string()))
     };
-    if let Some(why) = refusal(app, ch.key.private, p) {
+    if let Some(why) = refusal(app, sender.key.private, p) {
         info!(%topic, reason = why, "persisted broadcast refused");
         return error(why);
     }
@@ -170,17 +172,20 @@ pub async fn from_client(app: &App, ch: &Channel, msg: BroadcastMessage, p: Pers
     };
     let pg = app.pg.as_ref()?;
     let ttl = ttl_secs(p, app.config.messages_retention_hours);
-    let id = match store(pg.pool(), ch.key.sub_topic(), &content, ttl).await {
+    let id = match store(pg.pool(), sender.key.sub_topic(), &content, ttl).await {
         Ok(id) => id,
         Err(e) => {
             warn!(%topic, error = %crate::realtime_schema::migrations::describe("storing a broadcast", &e), "persisted broadcast not stored, not delivered");
             return error(errors::persist::STORE_FAILED);
         }
     };
-    let exclude = (!ch.broadcast_self).then_some(ch.id);
-    let n = app.publish.stored(&ch.key, &content.live(&id), &id, exclude);
+    let n = app
+        .publish
+        .stored(sender.key, &content.live(&id), &id, sender.exclude());
     debug!(%topic, %id, delivered = n, ?ttl, "persisted broadcast stored and delivered");
-    ch.broadcast_ack
+    sender
+        .settings
+        .ack
         .then(|| (Status::Ok, serde_json::json!({ "id": id }).to_string()))
 }
 

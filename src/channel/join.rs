@@ -148,16 +148,20 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         id: s.app.new_channel_id(),
         key: key.clone(),
         join_ref: join_ref.map(str::to_owned),
-        broadcast_self: config.broadcast_self,
-        broadcast_ack: config.broadcast_ack,
-        presence_key: config.presence_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        broadcast: crate::broadcast::Settings {
+            echo: config.broadcast_self,
+            ack: config.broadcast_ack,
+        },
+        presence: crate::presence::handler::Member {
+            key: config.presence_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            calls: Default::default(),
+        },
         token,
         claims,
         read,
         write: None,
         pg_bindings: Arc::new(config.postgres_changes),
         limits: client_limits,
-        presence_calls: Default::default(),
         replication_ready_by: config.replication_ready.then(|| {
             now_ms().saturating_add(i64::try_from(s.app.config.replication_ready_timeout_ms).unwrap_or(i64::MAX))
         }),

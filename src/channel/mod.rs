@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use realtime_protocol::encode::{self, Status};
-use realtime_protocol::event::{ClientEvent, PresenceCommand};
+use realtime_protocol::event::ClientEvent;
 use realtime_protocol::frame::{decode_binary, decode_text};
 use realtime_protocol::{errors, persist, Inbound, Payload, Vsn, WireFrame};
 use tracing::{debug, info, warn};
@@ -17,9 +17,11 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::auth::Claims;
 use crate::authorization;
+use crate::broadcast;
 use crate::clock::now_ms;
 use crate::fanout::{ChannelId, TopicKey};
-use crate::limits::{CallWindow, ClientLimits};
+use crate::limits::ClientLimits;
+use crate::presence::handler::{self as presence, Member, Pusher};
 use crate::transport::outbox::Outbox;
 
 /// One joined channel.
@@ -30,12 +32,10 @@ pub struct Channel {
     pub key: TopicKey,
     /// The join_ref of the join that created it; every push for it carries this.
     pub join_ref: Option<String>,
-    /// `broadcast.self`.
-    pub broadcast_self: bool,
-    /// `broadcast.ack`.
-    pub broadcast_ack: bool,
-    /// Presence key (from config, or generated).
-    pub presence_key: String,
+    /// Its broadcast settings.
+    pub broadcast: crate::broadcast::Settings,
+    /// Its presence key and call window.
+    pub presence: Member,
     /// The token the channel runs under, and its claims.
     pub token: String,
     /// Claims of `token`.
@@ -48,11 +48,19 @@ pub struct Channel {
     pub pg_bindings: Arc<Vec<serde_json::Map<String, serde_json::Value>>>,
     /// The limits of the token's tier.
     pub limits: Arc<ClientLimits>,
-    /// Recent presence pushes, for the per-client presence rate.
-    pub presence_calls: CallWindow,
     /// `broadcast.replication_ready` not answered yet: by when (unix ms) the Broadcast
     /// from Database stream must run, or the channel is closed.
     pub replication_ready_by: Option<i64>,
+}
+
+/// A channel as the presence capability sees it.
+fn pusher(ch: &mut Channel) -> Pusher<'_> {
+    Pusher {
+        id: ch.id,
+        key: &ch.key,
+        member: &mut ch.presence,
+        limits: &ch.limits,
+    }
 }
 
 /// How often a channel waiting for `replication_ready` looks at the stream.
@@ -127,9 +135,7 @@ impl Session {
             }
             ClientEvent::AccessToken(token) => token::refresh(self, topic, token).await,
             ClientEvent::Broadcast(b) => {
-                if self.app.limits.events_exceeded() {
-                    crate::observability::limit_rejected("events_per_second");
-                    warn!(%topic, reason = errors::TOO_MANY_MESSAGES, "closing channel: events over the limit");
+                if broadcast::rate_exceeded(&self.app, topic) {
                     return self.shutdown_channel(topic, errors::TOO_MANY_MESSAGES);
                 }
                 if !self.ensure_write(topic).await.broadcast {
@@ -143,7 +149,13 @@ impl Session {
                     Payload::Json(raw) => persist::from_map(raw.get().as_bytes()),
                 };
                 if let Some(ch) = self.channels.get(topic) {
-                    let reply = crate::broadcast::from_client(&self.app, ch, b, persist).await;
+                    let sender = broadcast::Sender {
+                        id: ch.id,
+                        key: &ch.key,
+                        settings: ch.broadcast,
+                        max_payload_bytes: ch.limits.max_payload_bytes(),
+                    };
+                    let reply = broadcast::from_client(&self.app, sender, b, persist).await;
                     if let Some((status, response)) = reply {
                         let join_ref = ch.join_ref.clone();
                         self.reply(join_ref.as_deref(), ref_, topic, status, &response);
@@ -151,55 +163,27 @@ impl Session {
                 }
             }
             ClientEvent::Presence(cmd) => {
-                if let Some(reason) = self.presence_limit(topic, &cmd) {
+                let broken = self
+                    .channels
+                    .get_mut(topic)
+                    .and_then(|ch| presence::limit_broken(&self.app, &mut pusher(ch), &cmd));
+                if let Some(reason) = broken {
                     crate::observability::limit_rejected("presence");
                     warn!(%topic, reason, "closing channel: presence limit");
                     return self.shutdown_channel(topic, reason);
                 }
                 let may_track = self.ensure_write(topic).await.presence;
-                if let Some(ch) = self.channels.get(topic) {
+                if let Some(ch) = self.channels.get_mut(topic) {
+                    let (vsn, outbox) = (self.vsn, &self.outbox);
+                    let join_ref = ch.join_ref.clone();
                     let reply = |status, response: &str| {
-                        self.outbox.push(encode::reply(
-                            self.vsn,
-                            ch.join_ref.as_deref(),
-                            ref_,
-                            topic,
-                            status,
-                            response,
-                        ));
+                        outbox.push(encode::reply(vsn, join_ref.as_deref(), ref_, topic, status, response));
                     };
-                    if !may_track && matches!(cmd, PresenceCommand::Track(_)) {
-                        reply(Status::Error, "{}");
-                        return;
-                    }
-                    crate::presence::handler::handle(&self.app, ch, cmd, reply);
+                    presence::handle(&self.app, pusher(ch), may_track, cmd, reply);
                 }
             }
             ClientEvent::Other(event) => debug!(%topic, %event, "ignoring unknown client event"),
         }
-    }
-
-    /// Counts a presence push and says which limit it breaks, if any: server-wide
-    /// presence events per second, the channel's calls per window, the payload size.
-    fn presence_limit(&mut self, topic: &str, cmd: &PresenceCommand) -> Option<&'static str> {
-        let limits = &self.app.limits;
-        limits.presence_events.add(1);
-        if limits.presence_exceeded() {
-            return Some(errors::TOO_MANY_PRESENCE_MESSAGES);
-        }
-        let ch = self.channels.get_mut(topic)?;
-        let max = ch.limits.client_presence_max_calls;
-        let window = ch.limits.client_presence_window;
-        if !ch.presence_calls.allow(max, window) {
-            return Some(errors::CLIENT_PRESENCE_RATE);
-        }
-        if let PresenceCommand::Track(payload) = cmd {
-            let size = serde_json::to_vec(payload).map_or(0, |v| v.len());
-            if size > ch.limits.max_payload_bytes() {
-                return Some(errors::TRACK_SIZE_EXCEEDED);
-            }
-        }
-        None
     }
 
     /// Write permissions of a channel: everything on public channels; on private ones the

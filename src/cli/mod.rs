@@ -6,7 +6,21 @@
 pub mod db;
 pub mod token;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// realtime-rs: a self-hosted, drop-in replacement for Supabase Realtime.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "realtime", version, about)]
+pub struct Cli {
+    /// The server's settings (also read by the subcommands).
+    #[command(flatten)]
+    pub config: Config,
+    /// `token`, `dev` or `db`; none = serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
 
 /// What the binary does; without a subcommand it serves.
 #[derive(Debug, Clone, Subcommand)]
@@ -22,7 +36,4 @@ pub enum Command {
     Db(db::DbCommand),
 }
 
-/// The secret `realtime dev` and `realtime token` use when JWT_SECRET is unset. Public
-/// on purpose (like the Supabase CLI's local secret): tokens minted in one terminal work
-/// against a dev server started in another. Never for a reachable server.
-pub const DEV_JWT_SECRET: &str = "realtime-rs-development-secret-not-for-production";
+pub use crate::dev::DEV_JWT_SECRET;

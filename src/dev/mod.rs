@@ -12,6 +12,11 @@ use tracing::info;
 
 use crate::config::Config;
 
+/// The secret `realtime dev` and `realtime token` use when JWT_SECRET is unset. Public
+/// on purpose (like the Supabase CLI's local secret): tokens minted in one terminal work
+/// against a dev server started in another. Never for a reachable server.
+pub const DEV_JWT_SECRET: &str = "realtime-rs-development-secret-not-for-production";
+
 /// The Supabase-shaped roles and `auth.uid()`/`auth.role()`/`auth.jwt()`; creates only
 /// what is missing.
 pub const ROLES_SQL: &str = include_str!("roles.sql");
@@ -56,7 +61,7 @@ pub async fn prepare(config: &mut Config, args: &DevArgs) -> Result<Prepared, St
     config.database_url = Some(url.clone());
     if config.jwt_secret.is_none() && config.jwt_jwks.is_none() {
         tracing::warn!("realtime dev: keys are signed with the public development secret; never expose this server");
-        config.jwt_secret = Some(crate::cli::DEV_JWT_SECRET.to_owned());
+        config.jwt_secret = Some(DEV_JWT_SECRET.to_owned());
     }
     if std::env::var_os("REPLICATION_START_DELAY_MS").is_none() {
         config.replication_start_delay_ms = 0;
