@@ -6,13 +6,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::Verifier;
+use crate::cluster::{self, ClusterBroker, Clustered};
 use crate::config::Config;
 use crate::fanout::{ChannelId, Registry};
 use crate::limits::Limits;
 use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
-use crate::publish::broker::{ChangeConsumer, Local};
+use crate::publish::broker::{Broker, ChangeConsumer, Local};
 use crate::publish::history::History;
 use crate::publish::Publisher;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub pg: Option<Arc<PgChanges>>,
     /// Rate counters and limits.
     pub limits: Arc<Limits>,
+    /// The cluster broker, with `CLUSTER_URL`.
+    pub cluster: Option<Arc<ClusterBroker>>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     next_channel: AtomicU64,
@@ -43,21 +46,30 @@ impl App {
         pg: Option<Arc<PgChanges>>,
         limits: Arc<Limits>,
         history: Option<History>,
+        cluster: Option<cluster::Settings>,
         shutdown: watch::Receiver<bool>,
-    ) -> Arc<App> {
+    ) -> Result<Arc<App>, String> {
         let registry = Arc::new(Registry::default());
         let changes = pg.clone().map(|pg| pg as Arc<dyn ChangeConsumer>);
-        let broker = Arc::new(Local::new(registry.clone(), changes));
-        Arc::new(App {
+        let local = Local::new(registry.clone(), changes);
+        let (broker, cluster): (Arc<dyn Broker>, _) = match cluster {
+            None => (Arc::new(local), None),
+            Some(settings) => {
+                let broker = cluster::start(&settings, registry.clone(), local)?;
+                (Arc::new(Clustered(broker.clone())), Some(broker))
+            }
+        };
+        Ok(Arc::new(App {
             config,
             verifier,
             publish: Arc::new(Publisher::new(registry, broker, history, limits.clone())),
             presence: Arc::new(PresenceHub::new(ReplicaId(rand::random()))),
             pg,
             limits,
+            cluster,
             shutdown,
             next_channel: AtomicU64::new(1),
-        })
+        }))
     }
 
     /// A process-unique channel id.

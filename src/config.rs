@@ -214,6 +214,24 @@ pub struct Config {
     #[command(flatten)]
     pub observability: crate::observability::ObsConfig,
 
+    /// Cluster engine linking several nodes into one server: `redis://host:port[/db]` or
+    /// `rediss://…` (Redis 7 or Valkey). Unset: a single node, no engine needed.
+    #[arg(long, env = "CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+
+    /// This node's name in logs and `/api/health` (default: random per start).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Prefix of every channel and key on the engine, so clusters can share one.
+    #[arg(long, env = "CLUSTER_NAMESPACE", default_value = "realtime")]
+    pub cluster_namespace: String,
+
+    /// How long a node keeps a topic's engine subscription after its last local member
+    /// left, in milliseconds.
+    #[arg(long, env = "CLUSTER_UNSUBSCRIBE_DELAY_MS", default_value_t = 5000)]
+    pub cluster_unsubscribe_delay_ms: u64,
+
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,

@@ -25,6 +25,8 @@ pub enum StartupError {
     PostgresChanges(String),
     /// Broadcast from Database could not be configured.
     DbBroadcast(String),
+    /// `CLUSTER_URL` is malformed or names an engine this build does not support.
+    Cluster(String),
     /// `LIMITS_FILE` could not be read or parsed.
     LimitsFile { path: PathBuf, message: String },
 }
@@ -37,7 +39,10 @@ impl fmt::Display for StartupError {
             StartupError::DevKeys(e) => write!(f, "development keys: {e}"),
             StartupError::Dev(e) => write!(f, "realtime dev: {e}"),
             StartupError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            StartupError::Schema(e) | StartupError::PostgresChanges(e) | StartupError::DbBroadcast(e) => f.write_str(e),
+            StartupError::Schema(e)
+            | StartupError::PostgresChanges(e)
+            | StartupError::DbBroadcast(e)
+            | StartupError::Cluster(e) => f.write_str(e),
             StartupError::LimitsFile { path, message } => write!(f, "LIMITS_FILE {}: {message}", path.display()),
         }
     }

@@ -13,6 +13,7 @@ pub mod broadcast;
 pub mod channel;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod db_broadcast;
 pub mod dev;
@@ -119,7 +120,9 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     let history = public_history(&config, pg.as_ref());
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
-    let app = App::new(config, verifier, pg, limits, history, shutdown_rx.clone());
+    let cluster = cluster_settings(&config);
+    let app =
+        App::new(config, verifier, pg, limits, history, cluster, shutdown_rx.clone()).map_err(StartupError::Cluster)?;
     if let Some(pg) = &app.pg {
         postgres_changes::replication::spawn(
             pg,
@@ -153,6 +156,20 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
 }
 
 /// The limit profiles of LIMITS_FILE (none without it).
+/// The cluster settings, when `CLUSTER_URL` is set.
+fn cluster_settings(config: &Config) -> Option<cluster::Settings> {
+    let url = config.cluster_url.clone()?;
+    Some(cluster::Settings {
+        url,
+        node_id: config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
+        namespace: config.cluster_namespace.clone(),
+        unsubscribe_delay: std::time::Duration::from_millis(config.cluster_unsubscribe_delay_ms),
+    })
+}
+
 fn load_tiers(config: &Config) -> Result<ahash::AHashMap<String, limits::ClientLimits>, StartupError> {
     let Some(path) = &config.limits_file else {
         return Ok(ahash::AHashMap::new());

@@ -185,6 +185,7 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
         _ => false,
     };
 
+    s.app.publish.ready(&key).await;
     let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
     // Reply, replayed messages, then subscription: with a public history this runs under
     // the topic's publish lock, so each message is either replayed or delivered live.

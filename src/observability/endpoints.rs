@@ -78,6 +78,15 @@ async fn health(app: &Arc<App>) -> hyper::Response<Body> {
             }
         }
     }
+    if let Some(cluster) = &app.cluster {
+        // The engine's state does not make the node unhealthy: without it each node still
+        // serves its own members, and a load balancer pulling every node would be worse.
+        let (engine, connected) = cluster.engine_state();
+        body.insert(
+            "cluster".into(),
+            json!({"node_id": cluster.node_id(), "engine": engine, "engine_connected": connected}),
+        );
+    }
     body.insert("uptime_seconds".into(), json!(state::uptime_seconds()));
     body.insert("healthy".into(), json!(healthy));
     let status = if healthy {

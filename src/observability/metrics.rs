@@ -66,6 +66,18 @@ pub fn render() -> String {
 
 fn describe() {
     describe_gauge!("realtime_connections", "Open WebSocket connections.");
+    describe_counter!(
+        "realtime_cluster_published_total",
+        "Messages handed to the cluster engine."
+    );
+    describe_counter!(
+        "realtime_cluster_received_total",
+        "Messages received from the cluster engine."
+    );
+    describe_counter!(
+        "realtime_cluster_dropped_total",
+        "Messages not handed to the cluster engine (queue full or engine away): other nodes missed them."
+    );
     describe_counter!("realtime_connection_opens_total", "WebSocket connections opened.");
     describe_counter!(
         "realtime_connection_closes_total",
@@ -189,6 +201,9 @@ struct Handles {
     fanout: Histogram,
     rls_checks: [Counter; 3],
     rls_time: [Histogram; 3],
+    cluster_published: Counter,
+    cluster_received: Counter,
+    cluster_dropped: Counter,
 }
 
 impl Handles {
@@ -206,8 +221,27 @@ impl Handles {
             fanout: histogram!("realtime_fanout_duration_seconds"),
             rls_checks: RLS_KINDS.map(|k| counter!("realtime_rls_checks_total", "kind" => k)),
             rls_time: RLS_KINDS.map(|k| histogram!("realtime_rls_check_duration_seconds", "kind" => k)),
+            cluster_published: counter!("realtime_cluster_published_total"),
+            cluster_received: counter!("realtime_cluster_received_total"),
+            cluster_dropped: counter!("realtime_cluster_dropped_total"),
         }
     }
+}
+
+/// `n` messages were handed to the cluster engine.
+pub fn cluster_published(n: usize) {
+    H.cluster_published.increment(n as u64);
+}
+
+/// `n` messages arrived from the cluster engine.
+pub fn cluster_received(n: usize) {
+    H.cluster_received.increment(n as u64);
+}
+
+/// `n` messages could not be handed to the cluster engine (queue full, engine away): other
+/// nodes miss them.
+pub fn cluster_dropped(n: usize) {
+    H.cluster_dropped.increment(n as u64);
 }
 
 /// A request was refused by a limit (`reason`: e.g. `max_channels_per_client`,

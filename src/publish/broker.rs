@@ -51,6 +51,13 @@ pub trait Broker: Send + Sync {
     /// is then acknowledged).
     fn publish_changes<'a>(&'a self, batch: &'a Batch) -> Delivery<'a>;
 
+    /// Completes when a member joining `key` now will receive what is published on it
+    /// anywhere: a cluster broker subscribes to the topic on its engine first. Awaited by
+    /// a join before it replies.
+    fn ready<'a>(&'a self, _key: &'a TopicKey) -> Delivery<'a> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// `key` got its first member on this node: a cluster broker starts receiving the
     /// topic from its engine. Called once per transition, before the member can receive.
     fn topic_added(&self, _key: &TopicKey) {}

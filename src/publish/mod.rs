@@ -50,6 +50,12 @@ impl Publisher {
         }
     }
 
+    /// Completes when a member joining `key` will receive what is published on it
+    /// anywhere (at once on a single node; once the engine subscribed in a cluster).
+    pub async fn ready(&self, key: &TopicKey) {
+        self.broker.ready(key).await;
+    }
+
     /// Adds a channel to a topic's members on this node.
     pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
         if self.registry.subscribe(key, sub) {

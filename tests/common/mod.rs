@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod pg;
+pub mod redis_server;
 
 use std::process::Stdio;
 use std::time::Duration;

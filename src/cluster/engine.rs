@@ -1,0 +1,27 @@
+//! What a cluster broker needs from the engine that links the nodes (Redis today): publish
+//! bytes on a channel without waiting, subscriptions the engine confirms, and the
+//! messages of the subscribed channels (handed over at construction).
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// A link to the engine. Implementations reconnect on their own and resubscribe what is
+/// subscribed; while the engine is away, publishing drops messages (each node keeps
+/// serving its own members) and the state is visible through [`Engine::connected`].
+pub trait Engine: Send + Sync {
+    /// Queues `payload` for `channel`; false when it had to be dropped (queue full).
+    fn publish(&self, channel: &str, payload: Bytes) -> bool;
+
+    /// Subscribes to `channel` (idempotent); the receiver completes once the engine has
+    /// confirmed it (dropped unanswered when the link is gone).
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()>;
+
+    /// Unsubscribes from `channel`.
+    fn unsubscribe(&self, channel: &str);
+
+    /// The subscription link is up.
+    fn connected(&self) -> bool;
+
+    /// Short name for logs and `/api/health` (`redis`).
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,277 @@
+//! The Redis (or Valkey) engine: `PUBLISH` through one multiplexed connection, pipelined
+//! (every message queued while a round trip is in flight goes in the next one, in order),
+//! and `SUBSCRIBE` on a dedicated pub/sub connection. Both reconnect with backoff; after a
+//! reconnect every wanted channel is subscribed again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahash::AHashSet;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::engine::Engine;
+
+/// Messages waiting to be published; beyond this they are dropped (and counted).
+const PUBLISH_QUEUE: usize = 65_536;
+/// Most messages per pipelined round trip.
+const PIPELINE: usize = 512;
+/// Received messages waiting for local delivery.
+const INCOMING_QUEUE: usize = 65_536;
+/// A connection attempt that takes longer has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+enum Control {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+/// A link to one Redis server.
+pub struct Redis {
+    publish: mpsc::Sender<(String, Bytes)>,
+    control: mpsc::UnboundedSender<Control>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Redis {
+    /// Starts the link to `url` (`redis://host:port[/db]`, `rediss://…`); the messages of
+    /// subscribed channels arrive on the returned receiver. Connecting happens in the
+    /// background: a Redis that is down at start is retried like a lost one.
+    pub fn start(url: &str) -> Result<(Redis, mpsc::Receiver<Bytes>), String> {
+        let client = redis::Client::open(url).map_err(|e| format!("CLUSTER_URL: {e}"))?;
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publisher(client.clone(), publish_rx));
+        tokio::spawn(subscriber(client, control_rx, incoming, connected.clone()));
+        Ok((
+            Redis {
+                publish,
+                control,
+                connected,
+            },
+            incoming_rx,
+        ))
+    }
+}
+
+impl Engine for Redis {
+    fn publish(&self, channel: &str, payload: Bytes) -> bool {
+        self.publish.try_send((channel.to_owned(), payload)).is_ok()
+    }
+
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
+        let (done, confirmed) = oneshot::channel();
+        // A closed control channel means the process is shutting down: the receiver then
+        // completes with an error, which callers treat as "not confirmed".
+        let _ = self.control.send(Control::Subscribe(channel.to_owned(), done));
+        confirmed
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        let _ = self.control.send(Control::Unsubscribe(channel.to_owned()));
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Publishes queued messages in order, one pipeline per round trip. While Redis is away
+/// the messages of a failed round trip are dropped: other nodes miss them, this node's
+/// members already had them.
+async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<(String, Bytes)>) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut batch = Vec::with_capacity(PIPELINE);
+    let mut down_since: Option<tokio::time::Instant> = None;
+    while queue.recv_many(&mut batch, PIPELINE).await > 0 {
+        if conn.is_none() {
+            match connect(&client).await {
+                Ok(c) => {
+                    if let Some(since) = down_since.take() {
+                        info!(
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "cluster engine: publishing again"
+                        );
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    if down_since.is_none() {
+                        warn!(error = %e, "cluster engine unreachable: messages are delivered on this node only until it is back");
+                        down_since = Some(tokio::time::Instant::now());
+                    }
+                    crate::observability::metrics::cluster_dropped(batch.len());
+                    batch.clear();
+                    continue;
+                }
+            }
+        }
+        let n = batch.len();
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.drain(..) {
+            pipe.publish(channel, payload.as_ref()).ignore();
+        }
+        if let Some(c) = conn.as_mut() {
+            if let Err(e) = pipe.query_async::<()>(c).await {
+                warn!(error = %e, messages = n, "cluster engine: publish failed; reconnecting");
+                crate::observability::metrics::cluster_dropped(n);
+                down_since.get_or_insert_with(tokio::time::Instant::now);
+                conn = None;
+                continue;
+            }
+            crate::observability::metrics::cluster_published(n);
+        }
+    }
+}
+
+async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connection timed out".into()),
+    }
+}
+
+/// Owns the pub/sub connection: applies subscription changes, forwards messages, and
+/// after a lost connection reconnects and subscribes every wanted channel again.
+async fn subscriber(
+    client: redis::Client,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    incoming: mpsc::Sender<Bytes>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut wanted: AHashSet<String> = AHashSet::new();
+    // Subscriptions asked for while the link was down, confirmed once it is back.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut backoff = MIN_BACKOFF;
+    let mut lost_once = false;
+    loop {
+        let pubsub = match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connection timed out".into(),
+                };
+                debug!(%error, ?backoff, "cluster engine: subscription link not up yet");
+                // Keep taking subscription changes while away, so nothing waits on us.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        cmd = control.recv() => match cmd {
+                            None => return,
+                            Some(Control::Subscribe(channel, done)) => {
+                                wanted.insert(channel);
+                                waiting.push(done);
+                            }
+                            Some(Control::Unsubscribe(channel)) => {
+                                wanted.remove(&channel);
+                            }
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        if !wanted.is_empty() {
+            let channels: Vec<&String> = wanted.iter().collect();
+            if let Err(e) = sink.subscribe(channels).await {
+                warn!(error = %e, "cluster engine: resubscribing failed; reconnecting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        connected.store(true, Ordering::Relaxed);
+        backoff = MIN_BACKOFF;
+        if lost_once {
+            info!(channels = wanted.len(), "cluster engine: back; topics subscribed again");
+        } else {
+            info!("cluster engine connected");
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+        let lost = serve(
+            &mut sink,
+            &mut stream,
+            &mut control,
+            &incoming,
+            &mut wanted,
+            &mut waiting,
+        )
+        .await;
+        connected.store(false, Ordering::Relaxed);
+        match lost {
+            Lost::Shutdown => return,
+            Lost::Connection(why) => {
+                lost_once = true;
+                warn!(reason = %why, "cluster engine: subscription link lost; each node serves its own members until it is back");
+            }
+        }
+    }
+}
+
+enum Lost {
+    Shutdown,
+    Connection(String),
+}
+
+/// Runs one pub/sub connection until it fails or the server stops.
+async fn serve(
+    sink: &mut PubSubSink,
+    stream: &mut redis::aio::PubSubStream,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    incoming: &mpsc::Sender<Bytes>,
+    wanted: &mut AHashSet<String>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> Lost {
+    loop {
+        tokio::select! {
+            cmd = control.recv() => match cmd {
+                None => return Lost::Shutdown,
+                Some(Control::Subscribe(channel, done)) => {
+                    if wanted.insert(channel.clone()) {
+                        if let Err(e) = sink.subscribe(&channel).await {
+                            waiting.push(done);
+                            return Lost::Connection(e.to_string());
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Some(Control::Unsubscribe(channel)) => {
+                    if wanted.remove(&channel) {
+                        if let Err(e) = sink.unsubscribe(&channel).await {
+                            return Lost::Connection(e.to_string());
+                        }
+                    }
+                }
+            },
+            msg = stream.next() => match msg {
+                None => return Lost::Connection("connection closed".into()),
+                Some(msg) => {
+                    crate::observability::metrics::cluster_received(1);
+                    if incoming.send(Bytes::copy_from_slice(msg.get_payload_bytes())).await.is_err() {
+                        return Lost::Shutdown;
+                    }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Several nodes on one Redis act as one server (issue 11, first part: Broadcast). Real
+//! processes: three `realtime` nodes and a `redis-server`, on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::Redis;
+use common::{config, token, user_broadcast_push, Client, Frame, Server};
+use serde_json::{json, Value};
+
+async fn node(redis: &Redis, name: &str) -> Server {
+    Server::start_with(&[
+        ("CLUSTER_URL", &redis.url()),
+        ("NODE_ID", name),
+        ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
+    ])
+    .await
+}
+
+/// `cluster.engine_connected` of the node's `/api/health`.
+async fn health(s: &Server) -> Option<bool> {
+    let (_, _, body) = s.http("GET", "/api/health", &[], b"").await;
+    let v: Value = serde_json::from_slice(&body).expect("health is JSON");
+    v["cluster"]["engine_connected"].as_bool()
+}
+
+async fn member(server: &Server, vsn: &str, topic: &str, cfg: Value) -> (Client, String) {
+    let mut c = server.connect(vsn).await;
+    let join_ref = c.join(topic, config(cfg)).await;
+    (c, join_ref)
+}
+
+/// The `n` of each broadcast `c` receives, until `count` arrived.
+async fn received_ns(c: &mut Client, count: usize) -> Vec<i64> {
+    let mut ns = Vec::new();
+    while ns.len() < count {
+        let f = c.recv().await;
+        if f.event() == "broadcast" {
+            ns.push(f.payload()["payload"]["n"].as_i64().expect("n"));
+        }
+    }
+    ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broadcast_reaches_every_node_once_in_send_order() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        node(&redis, "a").await,
+        node(&redis, "b").await,
+        node(&redis, "c").await,
+    );
+    let topic = "realtime:room";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
+    let (mut on_c, _) = member(&c, "1.0.0", topic, json!({})).await;
+
+    const N: i64 = 300;
+    for n in 0..N {
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
+    }
+    let expected: Vec<i64> = (0..N).collect();
+    for (name, client) in [("a", &mut on_a), ("b", &mut on_b), ("c (vsn 1)", &mut on_c)] {
+        assert_eq!(received_ns(client, N as usize).await, expected, "member on node {name}");
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    // `self: false` leaves out the sender only, on its own node and everywhere else.
+    sender.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn self_true_and_ack_work_as_on_one_node() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let topic = "realtime:echo";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"self": true, "ack": true}})).await;
+    let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
+    sender
+        .push(Some(&sender_ref), Some("9"), topic, "broadcast", payload)
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(sender.recv().await.event().to_owned());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["broadcast", "phx_reply"],
+        "the sender gets its ack and its own message, once each"
+    );
+    assert_eq!(received_ns(&mut on_b, 1).await, [1]);
+    sender.expect_silence(Duration::from_millis(300)).await;
+    on_b.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let topic = "realtime:bin";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut v2, _) = member(&b, "2.0.0", topic, json!({})).await;
+    let (mut v1, _) = member(&b, "1.0.0", topic, json!({})).await;
+    let bytes: Vec<u8> = (0..=255u8).rev().collect();
+    sender
+        .send_binary(user_broadcast_push(&sender_ref, "1", topic, "raw", false, &bytes))
+        .await;
+    sender
+        .send_binary(user_broadcast_push(
+            &sender_ref,
+            "2",
+            topic,
+            "doc",
+            true,
+            br#"{"k":"v"}"#,
+        ))
+        .await;
+    // Type 4 user broadcast: [4, topic len, event len, metadata len, encoding, topic, event, metadata, payload].
+    let Frame::Binary(raw) = v2.recv().await else {
+        panic!("binary expected")
+    };
+    let header = 5 + topic.len() + "raw".len();
+    assert_eq!((raw[0], raw[4]), (4, 0), "type 4, binary encoding");
+    assert_eq!(&raw[header..], &bytes[..], "byte-exact across nodes");
+    let Frame::Binary(doc) = v2.recv().await else {
+        panic!("binary expected")
+    };
+    assert_eq!(&doc[5 + topic.len() + "doc".len()..], br#"{"k":"v"}"#);
+    // A vsn 1 socket cannot carry the binary payload; it gets the JSON one as a map.
+    let f = v1.recv().await;
+    assert_eq!(
+        f.payload(),
+        &json!({"type": "broadcast", "event": "doc", "payload": {"k": "v"}})
+    );
+    v1.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rest_broadcasts_reach_members_on_other_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let (mut on_b, _) = member(&b, "2.0.0", "realtime:rest", json!({})).await;
+    let key = token("service_role", 60);
+    let body = json!({"messages": [{"topic": "rest", "event": "e", "payload": {"n": 7}}]});
+    let (status, _, _) = a
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("apikey", &key), ("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(received_ns(&mut on_b, 1).await, [7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_subscribes_to_a_topic_only_while_it_has_members() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let channel = "realtime:topic:public:realtime:interest";
+    assert_eq!(redis.subscribers(channel).await, 0);
+    let (mut on_a, _) = member(&a, "2.0.0", "realtime:interest", json!({})).await;
+    // The join reply comes after the engine confirmed the subscription.
+    assert_eq!(redis.subscribers(channel).await, 1, "node a subscribed before replying");
+    let (on_b, _) = member(&b, "2.0.0", "realtime:interest", json!({})).await;
+    assert_eq!(redis.subscribers(channel).await, 2);
+    drop(on_b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while redis.subscribers(channel).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node b kept the subscription after its last member left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A private topic of the same name is another channel.
+    assert_eq!(redis.subscribers("realtime:topic:private:realtime:interest").await, 0);
+    on_a.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broadcast_crosses_again_after_the_engine_restarts() {
+    let mut redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let topic = "realtime:restart";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
+    assert_eq!(health(&b).await, Some(true));
+
+    redis.kill().await;
+    // Meanwhile each node serves its own members.
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": -1}});
+    sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
+    assert_eq!(received_ns(&mut on_a, 1).await, [-1]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health(&b).await != Some(false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/api/health still shows the engine connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.start_again().await;
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    let first = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no broadcast crossed within 15 s of the engine's return"
+        );
+        n += 1;
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
+        if let Some(f) = on_b.recv_within(Duration::from_millis(250)).await {
+            break f;
+        }
+    };
+    assert_eq!(first.event(), "broadcast");
+    eprintln!(
+        "broadcast crossed again {:?} after the engine restarted",
+        started.elapsed()
+    );
+    assert_eq!(health(&b).await, Some(true));
+}
