@@ -52,18 +52,25 @@ impl App {
         let registry = Arc::new(Registry::default());
         let changes = pg.clone().map(|pg| pg as Arc<dyn ChangeConsumer>);
         let local = Local::new(registry.clone(), changes);
+        // One id per process start: this node's presence replica and its cluster origin.
+        let replica = ReplicaId(rand::random());
         let (broker, cluster): (Arc<dyn Broker>, _) = match cluster {
             None => (Arc::new(local), None),
             Some(settings) => {
-                let broker = cluster::start(&settings, registry.clone(), local)?;
+                let broker = cluster::start(&settings, registry.clone(), local, replica.0)?;
                 (Arc::new(Clustered(broker.clone())), Some(broker))
             }
         };
+        let publish = Arc::new(Publisher::new(registry, broker, history, limits.clone()));
+        let presence = Arc::new(PresenceHub::new(replica));
+        if let Some(cluster) = &cluster {
+            cluster.attach_presence(presence.clone(), &publish);
+        }
         Ok(Arc::new(App {
             config,
             verifier,
-            publish: Arc::new(Publisher::new(registry, broker, history, limits.clone())),
-            presence: Arc::new(PresenceHub::new(ReplicaId(rand::random()))),
+            publish,
+            presence,
             pg,
             limits,
             cluster,

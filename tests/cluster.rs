@@ -229,3 +229,139 @@ async fn broadcast_crosses_again_after_the_engine_restarts() {
     );
     assert_eq!(health(&b).await, Some(true));
 }
+
+/// Joins `topic` on `server` with presence key `key` and returns the client, its join
+/// ref and the keys in its `presence_state`.
+async fn presence_member(server: &Server, topic: &str, key: &str) -> (Client, String, Vec<String>) {
+    let (mut c, join_ref) = member(
+        server,
+        "2.0.0",
+        topic,
+        json!({"presence": {"key": key, "enabled": true}}),
+    )
+    .await;
+    let state = c.recv_event("presence_state").await;
+    let mut keys: Vec<String> = state.payload().as_object().expect("state").keys().cloned().collect();
+    keys.sort();
+    (c, join_ref, keys)
+}
+
+async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
+    let ref_ = c.make_ref();
+    c.push(
+        Some(join_ref),
+        Some(&ref_),
+        topic,
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": payload}),
+    )
+    .await;
+}
+
+/// Waits for a `presence_diff` whose `side` ("joins" or "leaves") holds `key`.
+async fn diff_with(c: &mut Client, side: &str, key: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(f) = c.recv_within(left).await else {
+            return false;
+        };
+        if f.event() == "presence_diff" && f.payload()[side].get(key).is_some() {
+            return true;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_is_one_state_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        node(&redis, "a").await,
+        node(&redis, "b").await,
+        node(&redis, "c").await,
+    );
+    // Every node has heard the others (heartbeats every second).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let topic = "realtime:lobby";
+    let (mut alice, alice_ref, state) = presence_member(&a, topic, "alice").await;
+    assert!(state.is_empty());
+    track(&mut alice, &alice_ref, topic, json!({"name": "alice"})).await;
+    assert!(diff_with(&mut alice, "joins", "alice", Duration::from_secs(2)).await);
+
+    let (mut bob, bob_ref, state) = presence_member(&b, topic, "bob").await;
+    assert_eq!(state, ["alice"], "a late joiner on another node gets the whole state");
+    track(&mut bob, &bob_ref, topic, json!({"name": "bob"})).await;
+    assert!(
+        diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await,
+        "a track on b shows on a"
+    );
+
+    let (_carol, _, state) = presence_member(&c, topic, "carol").await;
+    assert_eq!(
+        state,
+        ["alice", "bob"],
+        "the first member on a third node gets everyone"
+    );
+
+    let ref_ = bob.make_ref();
+    bob.push(
+        Some(&bob_ref),
+        Some(&ref_),
+        topic,
+        "presence",
+        json!({"type": "presence", "event": "untrack"}),
+    )
+    .await;
+    assert!(
+        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(2)).await,
+        "an untrack on b leaves on a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_of_a_killed_node_leaves_every_other_node_within_6_s() {
+    let redis = Redis::start().await;
+    let a = node(&redis, "a").await;
+    let mut b = node(&redis, "b").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let topic = "realtime:crash";
+    let (mut alice, _, _) = presence_member(&a, topic, "alice").await;
+    let (mut bob, bob_ref, _) = presence_member(&b, topic, "bob").await;
+    track(&mut bob, &bob_ref, topic, json!({})).await;
+    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await);
+
+    b.kill();
+    let killed = tokio::time::Instant::now();
+    assert!(
+        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6)).await,
+        "bob's presence did not leave within 6 s of kill -9"
+    );
+    eprintln!("presence of the killed node left after {:?}", killed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_converges_after_the_engine_restarts() {
+    let mut redis = Redis::start().await;
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let topic = "realtime:outage";
+    let (mut alice, alice_ref, _) = presence_member(&a, topic, "alice").await;
+    track(&mut alice, &alice_ref, topic, json!({})).await;
+    let (mut bob, bob_ref, _) = presence_member(&b, topic, "bob").await;
+    track(&mut bob, &bob_ref, topic, json!({})).await;
+    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await);
+
+    redis.kill().await;
+    // Cut off, each node keeps its own members and lets the other's go.
+    assert!(diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6)).await);
+    redis.start_again().await;
+    let back = tokio::time::Instant::now();
+    assert!(
+        diff_with(&mut alice, "joins", "bob", Duration::from_secs(15)).await,
+        "bob's presence did not come back on a after the engine returned"
+    );
+    assert!(diff_with(&mut bob, "joins", "alice", Duration::from_secs(5)).await);
+    eprintln!("presence converged {:?} after the engine came back", back.elapsed());
+    let (_late, _, state) = presence_member(&b, topic, "late").await;
+    assert_eq!(state, ["alice", "bob"]);
+}

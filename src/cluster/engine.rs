@@ -5,12 +5,26 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+/// What the engine hands to the broker.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A message of a subscribed channel.
+    Message(Bytes),
+    /// The link came back after a loss and every wanted channel is subscribed again:
+    /// whatever was published meanwhile is lost, so state must be exchanged again.
+    Resubscribed,
+}
+
 /// A link to the engine. Implementations reconnect on their own and resubscribe what is
 /// subscribed; while the engine is away, publishing drops messages (each node keeps
 /// serving its own members) and the state is visible through [`Engine::connected`].
 pub trait Engine: Send + Sync {
     /// Queues `payload` for `channel`; false when it had to be dropped (queue full).
     fn publish(&self, channel: &str, payload: Bytes) -> bool;
+
+    /// Publishes `payload` on `channel` (in order with [`Engine::publish`]) and tells how
+    /// many subscribers received it; the receiver is dropped when the engine is away.
+    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<usize>;
 
     /// Subscribes to `channel` (idempotent); the receiver completes once the engine has
     /// confirmed it (dropped unanswered when the link is gone).

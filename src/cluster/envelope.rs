@@ -6,11 +6,16 @@
 //! bytes):
 //!
 //! ```text
-//! u8 version (1) · u8 kind (1 = broadcast) · u64 origin node · u8 flags
-//! str16 topic · [str16 stored id] · message
-//! message: u8 tag (0 map, 1 user JSON, 2 user binary)
-//!          map:  rest = the map's JSON text
-//!          user: str16 event · [bytes32 metadata] · rest = body
+//! u8 version (1) · u8 kind · u64 origin node · u8 flags · str16 topic · body
+//! kind 1, broadcast:  [str16 stored id] · u8 tag (0 map, 1 user JSON, 2 user binary)
+//!                     map:  rest = the map's JSON text
+//!                     user: str16 event · [bytes32 metadata] · rest = body
+//! kind 2, presence:   u8 (0 delta, 1 full state) · u64 replica
+//!                     delta: u64 from · u64 to · entries · u32 count · u64 tag…
+//!                     full:  u64 clock · entries
+//!                     entries: u32 count · (u64 tag · str16 key · bytes32 meta JSON)…
+//! kind 3, sync request (send me your full state of the topic): u64 target (0 = every node)
+//! kind 4, heartbeat (no topic, no body)
 //! ```
 //!
 //! flags: 1 private topic, 2 stored id present, 4 metadata present. The sender's channel
@@ -20,10 +25,19 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use realtime_protocol::{BroadcastMessage, Encoding};
 
+use std::sync::Arc;
+
 use crate::fanout::TopicKey;
+use crate::presence::state::{Delta, FullState, LocalChanges, Meta, ReplicaId, TaggedEntry};
 
 const VERSION: u8 = 1;
 const KIND_BROADCAST: u8 = 1;
+const KIND_PRESENCE: u8 = 2;
+const KIND_SYNC_REQUEST: u8 = 3;
+const KIND_HEARTBEAT: u8 = 4;
+
+const PRESENCE_DELTA: u8 = 0;
+const PRESENCE_FULL: u8 = 1;
 
 const PRIVATE: u8 = 1;
 const STORED_ID: u8 = 2;
@@ -33,17 +47,34 @@ const TAG_MAP: u8 = 0;
 const TAG_USER_JSON: u8 = 1;
 const TAG_USER_BINARY: u8 = 2;
 
-/// A broadcast as it travels between nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message between nodes.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// The node it was published on (its incarnation id).
+    /// The node it was sent by (its incarnation id, also its presence replica id).
     pub origin: u64,
-    /// Its topic.
+    /// Its topic (empty for a heartbeat).
     pub key: TopicKey,
-    /// The `realtime.messages` row id of a stored message (replayed copies are skipped).
-    pub stored_id: Option<String>,
-    /// The message.
-    pub msg: BroadcastMessage,
+    /// What it carries.
+    pub body: Body,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A broadcast published on the origin.
+    Broadcast {
+        /// The `realtime.messages` row id of a stored message (replayed copies are skipped).
+        stored_id: Option<String>,
+        /// The message.
+        msg: BroadcastMessage,
+    },
+    /// The origin's presence changes of the topic.
+    Presence(LocalChanges),
+    /// The origin asks for full states of the topic: from `target` only, or from every
+    /// node (`None`).
+    SyncRequest { target: Option<u64> },
+    /// The origin is alive.
+    Heartbeat,
 }
 
 /// Why an envelope could not be read.
@@ -64,13 +95,75 @@ impl std::fmt::Display for Malformed {
     }
 }
 
+fn header(out: &mut BytesMut, kind: u8, origin: u64, flags: u8, key: &TopicKey) -> Option<()> {
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u64_le(origin);
+    out.put_u8(flags | if key.private { PRIVATE } else { 0 });
+    put_str16(out, &key.topic)
+}
+
+/// Encodes `origin`'s presence changes of a topic. Fails for a presence key over 65,535
+/// bytes.
+pub fn encode_presence(origin: u64, key: &TopicKey, changes: &LocalChanges) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(64 + key.topic.len());
+    header(&mut out, KIND_PRESENCE, origin, 0, key)?;
+    match changes {
+        LocalChanges::Delta(d) => {
+            out.put_u8(PRESENCE_DELTA);
+            out.put_u64_le(d.replica.0);
+            out.put_u64_le(d.from);
+            out.put_u64_le(d.to);
+            put_entries(&mut out, &d.joins)?;
+            out.put_u32_le(u32::try_from(d.leaves.len()).ok()?);
+            for tag in &d.leaves {
+                out.put_u64_le(*tag);
+            }
+        }
+        LocalChanges::Full(f) => {
+            out.put_u8(PRESENCE_FULL);
+            out.put_u64_le(f.replica.0);
+            out.put_u64_le(f.clock);
+            put_entries(&mut out, &f.entries)?;
+        }
+    }
+    Some(out.freeze())
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[TaggedEntry]) -> Option<()> {
+    out.put_u32_le(u32::try_from(entries.len()).ok()?);
+    for e in entries {
+        out.put_u64_le(e.clock);
+        put_str16(out, &e.key)?;
+        out.put_u32_le(u32::try_from(e.meta.json.len()).ok()?);
+        out.put_slice(e.meta.json.as_bytes());
+    }
+    Some(())
+}
+
+/// Encodes a request for full states of a topic (from `target` only, or from every node).
+pub fn encode_sync_request(origin: u64, key: &TopicKey, target: Option<u64>) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(32 + key.topic.len());
+    header(&mut out, KIND_SYNC_REQUEST, origin, 0, key)?;
+    out.put_u64_le(target.unwrap_or(0));
+    Some(out.freeze())
+}
+
+/// Encodes `origin`'s heartbeat.
+pub fn encode_heartbeat(origin: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(13);
+    out.put_u8(VERSION);
+    out.put_u8(KIND_HEARTBEAT);
+    out.put_u64_le(origin);
+    out.put_u8(0);
+    out.put_u16_le(0);
+    out.freeze()
+}
+
 /// Encodes a broadcast published on `origin`. Fails only for a topic, event or stored id
 /// longer than 65,535 bytes (far beyond the server's limits).
 pub fn encode(origin: u64, key: &TopicKey, stored_id: Option<&str>, msg: &BroadcastMessage) -> Option<Bytes> {
     let mut flags = 0;
-    if key.private {
-        flags |= PRIVATE;
-    }
     if stored_id.is_some() {
         flags |= STORED_ID;
     }
@@ -84,11 +177,7 @@ pub fn encode(origin: u64, key: &TopicKey, stored_id: Option<&str>, msg: &Broadc
         } => event.len() + metadata.as_ref().map_or(0, |m| m.len() + 4) + body.len() + 2,
     };
     let mut out = BytesMut::with_capacity(16 + key.topic.len() + stored_id.map_or(0, |s| s.len() + 2) + body_len);
-    out.put_u8(VERSION);
-    out.put_u8(KIND_BROADCAST);
-    out.put_u64_le(origin);
-    out.put_u8(flags);
-    put_str16(&mut out, &key.topic)?;
+    header(&mut out, KIND_BROADCAST, origin, flags, key)?;
     if let Some(id) = stored_id {
         put_str16(&mut out, id)?;
     }
@@ -125,12 +214,78 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
     if version != VERSION {
         return Err(Malformed::UnknownVersion(version));
     }
-    if r.u8()? != KIND_BROADCAST {
-        return Err(Malformed::Invalid("unknown kind"));
-    }
+    let kind = r.u8()?;
     let origin = r.u64()?;
     let flags = r.u8()?;
-    let topic = r.str16()?;
+    let key = TopicKey::new(r.str16()?, flags & PRIVATE != 0);
+    let body = match kind {
+        KIND_BROADCAST => broadcast(&mut r, flags)?,
+        KIND_PRESENCE => Body::Presence(presence(&mut r)?),
+        KIND_SYNC_REQUEST => Body::SyncRequest {
+            target: Some(r.u64()?).filter(|t| *t != 0),
+        },
+        KIND_HEARTBEAT => Body::Heartbeat,
+        _ => return Err(Malformed::Invalid("unknown kind")),
+    };
+    Ok(Envelope { origin, key, body })
+}
+
+fn presence(r: &mut Reader<'_>) -> Result<LocalChanges, Malformed> {
+    let variant = r.u8()?;
+    let replica = ReplicaId(r.u64()?);
+    match variant {
+        PRESENCE_DELTA => {
+            let from = r.u64()?;
+            let to = r.u64()?;
+            let joins = entries(r)?;
+            let count = r.u32()? as usize;
+            // Each leave is 8 bytes: a count beyond what is left is a lie, not a reason to allocate.
+            let mut leaves = Vec::with_capacity(count.min(r.remaining() / 8));
+            for _ in 0..count {
+                leaves.push(r.u64()?);
+            }
+            Ok(LocalChanges::Delta(Delta {
+                replica,
+                from,
+                to,
+                joins,
+                leaves,
+            }))
+        }
+        PRESENCE_FULL => {
+            let clock = r.u64()?;
+            let entries = entries(r)?;
+            Ok(LocalChanges::Full(FullState {
+                replica,
+                clock,
+                entries,
+            }))
+        }
+        _ => Err(Malformed::Invalid("unknown presence variant")),
+    }
+}
+
+fn entries(r: &mut Reader<'_>) -> Result<Vec<TaggedEntry>, Malformed> {
+    let count = r.u32()? as usize;
+    // An entry takes at least 14 bytes.
+    let mut out = Vec::with_capacity(count.min(r.remaining() / 14));
+    for _ in 0..count {
+        let clock = r.u64()?;
+        let key: Arc<str> = Arc::from(r.str16()?);
+        let len = r.u32()? as usize;
+        let json = r.take(len)?;
+        let json = std::str::from_utf8(&json).map_err(|_| Malformed::Invalid("meta not UTF-8"))?;
+        let meta = Meta::from_json(json).ok_or(Malformed::Invalid("meta is not a presence meta"))?;
+        out.push(TaggedEntry {
+            clock,
+            key,
+            meta: Arc::new(meta),
+        });
+    }
+    Ok(out)
+}
+
+fn broadcast(r: &mut Reader<'_>, flags: u8) -> Result<Body, Malformed> {
     let stored_id = if flags & STORED_ID != 0 {
         Some(r.str16()?.to_owned())
     } else {
@@ -160,12 +315,7 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
         }
         _ => return Err(Malformed::Invalid("unknown message tag")),
     };
-    Ok(Envelope {
-        origin,
-        key: TopicKey::new(topic, flags & PRIVATE != 0),
-        stored_id,
-        msg,
-    })
+    Ok(Body::Broadcast { stored_id, msg })
 }
 
 fn put_str16(out: &mut BytesMut, s: &str) -> Option<()> {
@@ -215,6 +365,10 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(&bytes[start..start + len]).map_err(|_| Malformed::Invalid("not UTF-8"))
     }
 
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
     fn rest(&mut self) -> Bytes {
         let out = self.bytes.slice(self.at..);
         self.at = self.bytes.len();
@@ -234,8 +388,10 @@ mod tests {
             Envelope {
                 origin: 42,
                 key,
-                stored_id: stored_id.map(str::to_owned),
-                msg
+                body: Body::Broadcast {
+                    stored_id: stored_id.map(str::to_owned),
+                    msg
+                }
             }
         );
     }
@@ -270,6 +426,42 @@ mod tests {
     }
 
     #[test]
+    fn presence_sync_and_heartbeat_round_trip() {
+        let key = TopicKey::new("realtime:lobby", true);
+        let meta = |r: &str| Arc::new(Meta::new(r.into(), None, serde_json::Map::new()));
+        let delta = LocalChanges::Delta(Delta {
+            replica: ReplicaId(9),
+            from: 3,
+            to: 5,
+            joins: vec![TaggedEntry {
+                clock: 4,
+                key: Arc::from("user-1"),
+                meta: meta("F1"),
+            }],
+            leaves: vec![1, 2],
+        });
+        let full = LocalChanges::Full(FullState {
+            replica: ReplicaId(9),
+            clock: 5,
+            entries: vec![TaggedEntry {
+                clock: 4,
+                key: Arc::from("user-1"),
+                meta: meta("F1"),
+            }],
+        });
+        for changes in [delta, full] {
+            let env = decode(&encode_presence(9, &key, &changes).expect("encodes")).expect("decodes");
+            assert_eq!((env.origin, &env.key, env.body), (9, &key, Body::Presence(changes)));
+        }
+        let env = decode(&encode_sync_request(9, &key, Some(4)).expect("encodes")).expect("decodes");
+        assert_eq!(env.body, Body::SyncRequest { target: Some(4) });
+        let env = decode(&encode_sync_request(9, &key, None).expect("encodes")).expect("decodes");
+        assert_eq!(env.body, Body::SyncRequest { target: None });
+        let env = decode(&encode_heartbeat(9)).expect("decodes");
+        assert_eq!((env.origin, env.body), (9, Body::Heartbeat));
+    }
+
+    #[test]
     fn every_truncation_and_corruption_is_refused_without_panicking() {
         let msg = BroadcastMessage::User {
             event: "ev".into(),
@@ -281,6 +473,29 @@ mod tests {
         for len in 0..whole.len() {
             // Only the body may be cut short (it is "the rest"); anything before it must fail.
             let _ = decode(&whole.slice(..len));
+        }
+        for i in 0..whole.len() {
+            for byte in [0, 1, 0x7f, 0xff] {
+                let mut v = whole.to_vec();
+                v[i] = byte;
+                let _ = decode(&Bytes::from(v));
+            }
+        }
+        let presence = LocalChanges::Full(FullState {
+            replica: ReplicaId(1),
+            clock: 2,
+            entries: vec![TaggedEntry {
+                clock: 1,
+                key: Arc::from("k"),
+                meta: Arc::new(Meta::new("F".into(), None, serde_json::Map::new())),
+            }],
+        });
+        let whole = encode_presence(1, &TopicKey::new("realtime:t", false), &presence).expect("encodes");
+        for len in 0..whole.len() {
+            assert!(
+                decode(&whole.slice(..len)).is_err(),
+                "a presence envelope cut at {len} is refused"
+            );
         }
         for i in 0..whole.len() {
             for byte in [0, 1, 0x7f, 0xff] {

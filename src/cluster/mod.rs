@@ -1,37 +1,54 @@
 //! Several nodes acting as one server, coordinated through an engine (Redis or Valkey;
-//! `CLUSTER_URL`). [`ClusterBroker`] is the [`Broker`] of a clustered node: a message
-//! published here is delivered to this node's members at once, as on a single node, and
-//! handed to the engine once, as an [`envelope`]; every other node with members on that
-//! topic receives it and delivers it to its own members (encoding once per wire version,
-//! as for a local message). A node subscribes to a topic's engine channel only while it has
-//! members there, and drops the subscription [`Settings::unsubscribe_delay`] after the
-//! last one leaves (so a member rejoining at once does not churn the engine).
+//! `CLUSTER_URL`). [`ClusterBroker`] is the [`Broker`] of a clustered node:
 //!
-//! Not replicated yet: presence (each node shows its own members' presence), Postgres
-//! Changes and Broadcast from Database (each node streams the slot itself, so only one
-//! node at a time gets the changes), the public replay history. README "Run a cluster"
-//! says so.
+//! * **Broadcast**: a message published here is delivered to this node's members at once,
+//!   as on a single node, and handed to the engine once as an [`envelope`]; every other
+//!   node with members on that topic delivers it to its own (encoding once per wire
+//!   version, as for a local message).
+//! * **Presence**: every node is a replica of each topic's CRDT
+//!   ([`crate::presence::state`]). A node ships its own changes as deltas on the topic's
+//!   channel; a node that sees a gap asks the one it missed for a full state; a node that
+//!   starts following a topic asks every node on it and waits (briefly) for their answers
+//!   before the join replies, so a late joiner's `presence_state` is complete.
+//! * **Liveness** ([`liveness`]): heartbeats on the node channel; the presence of a node
+//!   not heard from for 4 s leaves every topic here.
+//! * **Interest**: a node subscribes to a topic's channel only while it has members there,
+//!   and drops the subscription [`Settings::unsubscribe_delay`] after the last one leaves.
+//! * **Engine loss**: each node keeps serving its own members; when the link is back,
+//!   every followed topic's presence is exchanged again.
+//!
+//! Not replicated yet: Postgres Changes and Broadcast from Database (each node streams the
+//! slot itself, so one node at a time gets the changes) and the public replay history.
+//! README "Run a cluster" says so.
 
 pub mod engine;
 pub mod envelope;
+pub mod liveness;
 pub mod redis;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use self::engine::Engine;
+use self::engine::{Engine, Incoming};
+use self::envelope::{Body, Envelope};
+use self::liveness::Nodes;
 use crate::fanout::{Registry, TopicKey};
+use crate::presence::state::{LocalChanges, ReplicaId};
+use crate::presence::PresenceHub;
 use crate::publish::broker::{Broker, Delivery, Local, Message};
+use crate::publish::Publisher;
 use crate::replication::Batch;
 
 /// How long a join waits for the engine to confirm its topic's subscription before it
 /// goes ahead without (the engine is down: the member gets this node's messages only).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long a node that starts following a topic waits for the other nodes' presence.
+const SYNC_WAIT: Duration = Duration::from_secs(1);
 
 /// Cluster settings (`CLUSTER_URL`, `NODE_ID`, `CLUSTER_NAMESPACE`).
 #[derive(Debug, Clone)]
@@ -56,25 +73,53 @@ enum Interest {
     Idle(u64),
 }
 
+#[derive(Default)]
+struct Interests {
+    changes: u64,
+    by_channel: AHashMap<String, (TopicKey, Interest)>,
+}
+
+/// This node's presence, attached once the hub and the publish path exist.
+struct Attached {
+    hub: Arc<PresenceHub>,
+    publish: Weak<Publisher>,
+}
+
+/// A join waiting for other nodes' full states of its topic: who answered, and a counter
+/// the join watches.
+struct SyncWait {
+    answered: AHashSet<u64>,
+    count: watch::Sender<usize>,
+}
+
 /// The broker of a clustered node.
 pub struct ClusterBroker {
     local: Local,
     registry: Arc<Registry>,
     engine: Arc<dyn Engine>,
-    /// This process' incarnation: its own envelopes come back from the engine and are
-    /// recognised by it.
+    /// This process' incarnation, also its presence replica id: its own envelopes come
+    /// back from the engine and are recognised by it.
     origin: u64,
     node_id: String,
     namespace: String,
     unsubscribe_delay: Duration,
     /// Wanted engine channels. Changes are sent to the engine under this lock, so their
     /// order there is the order decided here.
-    interest: Mutex<(u64, AHashMap<String, Interest>)>,
+    interest: Mutex<Interests>,
+    nodes: Mutex<Nodes>,
+    presence: OnceLock<Attached>,
+    syncs: Mutex<AHashMap<TopicKey, SyncWait>>,
 }
 
-/// Starts a clustered node's broker over `local` (this node's delivery).
-pub fn start(settings: &Settings, registry: Arc<Registry>, local: Local) -> Result<Arc<ClusterBroker>, String> {
-    let (engine, incoming): (Arc<dyn Engine>, mpsc::Receiver<Bytes>) = match settings.url.split_once("://") {
+/// Starts a clustered node's broker over `local` (this node's delivery); `origin` is this
+/// node's presence replica id.
+pub fn start(
+    settings: &Settings,
+    registry: Arc<Registry>,
+    local: Local,
+    origin: u64,
+) -> Result<Arc<ClusterBroker>, String> {
+    let (engine, incoming): (Arc<dyn Engine>, mpsc::Receiver<Incoming>) = match settings.url.split_once("://") {
         Some(("redis" | "rediss", _)) => {
             let (redis, incoming) = redis::Redis::start(&settings.url)?;
             (Arc::new(redis), incoming)
@@ -91,32 +136,88 @@ pub fn start(settings: &Settings, registry: Arc<Registry>, local: Local) -> Resu
         local,
         registry,
         engine,
-        origin: rand::random(),
+        origin,
         node_id: settings.node_id.clone(),
         namespace: settings.namespace.clone(),
         unsubscribe_delay: settings.unsubscribe_delay,
-        interest: Mutex::new((0, AHashMap::new())),
+        interest: Mutex::new(Interests::default()),
+        nodes: Mutex::new(Nodes::default()),
+        presence: OnceLock::new(),
+        syncs: Mutex::new(AHashMap::new()),
     });
     info!(node_id = %broker.node_id, engine = broker.engine.name(), namespace = %broker.namespace, "cluster mode");
+    drop(broker.engine.subscribe(&broker.nodes_channel()));
     tokio::spawn(receive(Arc::downgrade(&broker), incoming));
+    tokio::spawn(heartbeat(Arc::downgrade(&broker)));
     Ok(broker)
 }
 
-/// Delivers what other nodes published to this node's members.
-async fn receive(broker: std::sync::Weak<ClusterBroker>, mut incoming: mpsc::Receiver<Bytes>) {
-    while let Some(bytes) = incoming.recv().await {
+/// Delivers what other nodes sent to this node's members.
+async fn receive(broker: Weak<ClusterBroker>, mut incoming: mpsc::Receiver<Incoming>) {
+    while let Some(item) = incoming.recv().await {
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        broker.deliver_remote(&bytes);
+        match item {
+            Incoming::Message(bytes) => broker.deliver_remote(&bytes),
+            Incoming::Resubscribed => broker.resync_all(),
+        }
+    }
+}
+
+/// Says this node is alive, and lets the presence of silent nodes go.
+async fn heartbeat(broker: Weak<ClusterBroker>) {
+    let mut tick = tokio::time::interval(liveness::HEARTBEAT / 4);
+    let mut beats = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if beats.is_multiple_of(4) {
+            broker
+                .engine
+                .publish(&broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
+        }
+        beats += 1;
+        let gone = crate::sync::lock(&broker.nodes, "cluster nodes").expire(tokio::time::Instant::now());
+        for node in gone {
+            info!(
+                node = format_args!("{node:016x}"),
+                "cluster: node silent for 4 s; its presence leaves"
+            );
+            if let Some((hub, publish)) = broker.attached() {
+                hub.remove_replica(&publish, ReplicaId(node));
+            }
+        }
     }
 }
 
 impl ClusterBroker {
+    /// Attaches this node's presence, so that it is replicated.
+    pub fn attach_presence(&self, hub: Arc<PresenceHub>, publish: &Arc<Publisher>) {
+        let attached = Attached {
+            hub,
+            publish: Arc::downgrade(publish),
+        };
+        if self.presence.set(attached).is_err() {
+            warn!("cluster presence attached twice; keeping the first");
+        }
+    }
+
+    fn attached(&self) -> Option<(&PresenceHub, Arc<Publisher>)> {
+        let a = self.presence.get()?;
+        Some((&a.hub, a.publish.upgrade()?))
+    }
+
     /// The engine channel of a topic: public and private topics of one name are distinct.
     fn channel(&self, key: &TopicKey) -> String {
         let privacy = if key.private { "private" } else { "public" };
         format!("{}:topic:{privacy}:{}", self.namespace, key.topic)
+    }
+
+    fn nodes_channel(&self) -> String {
+        format!("{}:nodes", self.namespace)
     }
 
     /// This node's name.
@@ -129,62 +230,182 @@ impl ClusterBroker {
         (self.engine.name(), self.engine.connected())
     }
 
+    /// Other nodes alive.
+    pub fn live_nodes(&self) -> usize {
+        crate::sync::lock(&self.nodes, "cluster nodes").len()
+    }
+
+    fn send(&self, key: &TopicKey, bytes: Option<Bytes>) {
+        match bytes {
+            Some(bytes) => {
+                if !self.engine.publish(&self.channel(key), bytes) {
+                    warn!(topic = %key.topic, "cluster engine queue full: not sent to other nodes");
+                    crate::observability::metrics::cluster_dropped(1);
+                }
+            }
+            None => warn!(topic = %key.topic, "too large for a cluster envelope: not sent to other nodes"),
+        }
+    }
+
     fn deliver_remote(&self, bytes: &Bytes) {
-        let env = match envelope::decode(bytes) {
+        let Envelope { origin, key, body } = match envelope::decode(bytes) {
             Ok(env) => env,
             Err(e) => {
                 warn!(error = %e, len = bytes.len(), "cluster message not delivered");
                 return;
             }
         };
-        if env.origin == self.origin {
+        if origin == self.origin {
             return;
         }
-        let n = self.local.publish(
-            &env.key,
-            Message::Broadcast {
-                msg: &env.msg,
-                exclude: None,
-                stored_id: env.stored_id.as_deref(),
-            },
+        match body {
+            Body::Heartbeat => {
+                if crate::sync::lock(&self.nodes, "cluster nodes").heard(origin, tokio::time::Instant::now()) {
+                    info!(node = format_args!("{origin:016x}"), "cluster: node alive");
+                }
+            }
+            Body::Broadcast { stored_id, msg } => {
+                let n = self.local.publish(
+                    &key,
+                    Message::Broadcast {
+                        msg: &msg,
+                        exclude: None,
+                        stored_id: stored_id.as_deref(),
+                    },
+                );
+                debug!(topic = %key.topic, delivered = n, "cluster broadcast delivered");
+            }
+            Body::Presence(changes) => self.merge_presence(origin, &key, changes),
+            Body::SyncRequest { target } => {
+                if target.is_none_or(|t| t == self.origin) {
+                    if let Some((hub, _)) = self.attached() {
+                        let full = LocalChanges::Full(hub.full_state(&key));
+                        self.send(&key, envelope::encode_presence(self.origin, &key, &full));
+                    }
+                }
+            }
+        }
+    }
+
+    fn merge_presence(&self, origin: u64, key: &TopicKey, changes: LocalChanges) {
+        let full = matches!(changes, LocalChanges::Full(_));
+        if let Some((hub, publish)) = self.attached() {
+            if let Some(missed) = hub.merge_remote(&publish, key, changes) {
+                debug!(topic = %key.topic, node = format_args!("{:016x}", missed.0), "cluster: presence delta missed; asking for a full state");
+                self.send(key, envelope::encode_sync_request(self.origin, key, Some(missed.0)));
+            }
+        }
+        if full {
+            let mut syncs = crate::sync::lock(&self.syncs, "cluster syncs");
+            if let Some(wait) = syncs.get_mut(key) {
+                if wait.answered.insert(origin) {
+                    wait.count.send_replace(wait.answered.len());
+                }
+            }
+        }
+    }
+
+    /// The link is back after a loss: what was sent meanwhile is lost, so every followed
+    /// topic's presence is exchanged again (ours sent, theirs asked for).
+    fn resync_all(&self) {
+        let Some((hub, _)) = self.attached() else {
+            return;
+        };
+        let keys: Vec<TopicKey> = crate::sync::lock(&self.interest, "cluster interest")
+            .by_channel
+            .values()
+            .filter(|(_, interest)| *interest == Interest::Members)
+            .map(|(key, _)| key.clone())
+            .collect();
+        info!(
+            topics = keys.len(),
+            "cluster: exchanging presence again after the engine came back"
         );
-        debug!(topic = %env.key.topic, delivered = n, "cluster message delivered");
+        for key in keys {
+            let full = LocalChanges::Full(hub.full_state(&key));
+            self.send(&key, envelope::encode_presence(self.origin, &key, &full));
+            self.send(&key, envelope::encode_sync_request(self.origin, &key, None));
+        }
     }
 
-    /// Marks `key` wanted and subscribes to it on the engine if it was not; returns the
-    /// engine's confirmation.
-    fn want(&self, key: &TopicKey, interest: Interest) -> tokio::sync::oneshot::Receiver<()> {
+    /// Marks `key` wanted and subscribes to it on the engine; returns the engine's
+    /// confirmation and whether this node did not follow the topic before.
+    fn want(&self, key: &TopicKey) -> (oneshot::Receiver<()>, bool) {
         let channel = self.channel(key);
-        let mut guard = crate::sync::lock(&self.interest, "cluster interest");
-        guard.1.insert(channel.clone(), interest);
+        let mut interests = crate::sync::lock(&self.interest, "cluster interest");
+        let first = interests
+            .by_channel
+            .insert(channel.clone(), (key.clone(), Interest::Members))
+            .is_none();
         // Idempotent on the engine side: a channel already subscribed is confirmed at once.
-        self.engine.subscribe(&channel)
+        (self.engine.subscribe(&channel), first)
     }
 
-    /// After the delay, drops the topic's subscription unless something changed since.
+    /// After the delay, drops the topic's subscription (and what this node knew of its
+    /// presence elsewhere) unless something changed since.
     fn schedule_unsubscribe(self: &Arc<Self>, key: &TopicKey) {
         let channel = self.channel(key);
         let change = {
-            let mut guard = crate::sync::lock(&self.interest, "cluster interest");
-            guard.0 += 1;
-            let change = guard.0;
-            guard.1.insert(channel.clone(), Interest::Idle(change));
+            let mut interests = crate::sync::lock(&self.interest, "cluster interest");
+            interests.changes += 1;
+            let change = interests.changes;
+            interests
+                .by_channel
+                .insert(channel.clone(), (key.clone(), Interest::Idle(change)));
             change
         };
         let broker = Arc::downgrade(self);
         let delay = self.unsubscribe_delay;
+        let key = key.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            let mut guard = crate::sync::lock(&broker.interest, "cluster interest");
-            if guard.1.get(&channel) == Some(&Interest::Idle(change)) {
-                guard.1.remove(&channel);
+            let mut interests = crate::sync::lock(&broker.interest, "cluster interest");
+            if interests.by_channel.get(&channel).map(|(_, i)| *i) == Some(Interest::Idle(change)) {
+                interests.by_channel.remove(&channel);
                 broker.engine.unsubscribe(&channel);
+                drop(interests);
+                if let Some((hub, _)) = broker.attached() {
+                    hub.forget(&key);
+                }
                 debug!(%channel, "cluster: no local members left; unsubscribed");
             }
         });
+    }
+
+    /// A node starting to follow `key` asks every node on it for its presence and waits
+    /// (at most [`SYNC_WAIT`]) until each has answered, so the first member's
+    /// `presence_state` is complete.
+    async fn sync_on_first_join(&self, key: &TopicKey) {
+        let (count, mut counted) = watch::channel(0);
+        crate::sync::lock(&self.syncs, "cluster syncs").insert(
+            key.clone(),
+            SyncWait {
+                answered: AHashSet::new(),
+                count,
+            },
+        );
+        let receivers = match envelope::encode_sync_request(self.origin, key, None) {
+            Some(bytes) => tokio::time::timeout(SYNC_WAIT, self.engine.publish_counted(&self.channel(key), bytes))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        // Every subscriber of the channel but this node answers.
+        if let Some(receivers) = receivers {
+            let others = receivers.saturating_sub(1);
+            if others > 0
+                && tokio::time::timeout(SYNC_WAIT, counted.wait_for(|n| *n >= others))
+                    .await
+                    .is_err()
+            {
+                warn!(topic = %key.topic, expected = others, "cluster: not every node sent its presence in time; the rest arrives as diffs");
+            }
+        }
+        crate::sync::lock(&self.syncs, "cluster syncs").remove(key);
     }
 }
 
@@ -195,20 +416,10 @@ impl Broker for Clustered {
     fn publish(&self, key: &TopicKey, message: Message<'_>) -> usize {
         let broker = &self.0;
         let delivered = broker.local.publish(key, message);
-        // Presence diffs are not replicated this way: each node renders its own members'
-        // presence (presence replication is the CRDT's job, not yet wired).
+        // Presence diffs stay on this node: other nodes render theirs from the replicated
+        // CRDT (see `presence_changes`).
         if let Message::Broadcast { msg, stored_id, .. } = message {
-            match envelope::encode(broker.origin, key, stored_id, msg) {
-                Some(bytes) => {
-                    if !broker.engine.publish(&broker.channel(key), bytes) {
-                        warn!(topic = %key.topic, "cluster engine queue full: message delivered on this node only");
-                        crate::observability::metrics::cluster_dropped(1);
-                    }
-                }
-                None => {
-                    warn!(topic = %key.topic, "message too large for a cluster envelope: delivered on this node only")
-                }
-            }
+            broker.send(key, envelope::encode(broker.origin, key, stored_id, msg));
         }
         delivered
     }
@@ -217,24 +428,37 @@ impl Broker for Clustered {
         self.0.local.publish_changes(batch)
     }
 
+    fn replicates_presence(&self) -> bool {
+        true
+    }
+
+    fn presence_changes(&self, key: &TopicKey, changes: &LocalChanges) {
+        let broker = &self.0;
+        broker.send(key, envelope::encode_presence(broker.origin, key, changes));
+    }
+
     fn ready<'a>(&'a self, key: &'a TopicKey) -> Delivery<'a> {
         Box::pin(async move {
             let broker = &self.0;
+            let (confirmed, first) = broker.want(key);
             // Not yet a member: if the join goes no further, the subscription is dropped
             // after the delay like any idle one.
-            let confirmed = broker.want(key, Interest::Members);
             if broker.registry.subscriber_count(key) == 0 {
                 broker.schedule_unsubscribe(key);
             }
             if tokio::time::timeout(SUBSCRIBE_WAIT, confirmed).await.is_err() {
                 warn!(topic = %key.topic, "cluster engine did not confirm the subscription in time: joining with this node's messages only");
+                return;
+            }
+            if first && broker.presence.get().is_some() && broker.live_nodes() > 0 {
+                broker.sync_on_first_join(key).await;
             }
         })
     }
 
     fn topic_added(&self, key: &TopicKey) {
         // The confirmation is awaited by `ready` at join; here only the wish matters.
-        drop(self.0.want(key, Interest::Members));
+        drop(self.0.want(key));
     }
 
     fn topic_removed(&self, key: &TopicKey) {

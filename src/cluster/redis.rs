@@ -14,7 +14,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::engine::Engine;
+use super::engine::{Engine, Incoming};
 
 /// Messages waiting to be published; beyond this they are dropped (and counted).
 const PUBLISH_QUEUE: usize = 65_536;
@@ -32,9 +32,12 @@ enum Control {
     Unsubscribe(String),
 }
 
+/// A message to publish; with a sender, the number of receivers is wanted.
+type Outgoing = (String, Bytes, Option<oneshot::Sender<usize>>);
+
 /// A link to one Redis server.
 pub struct Redis {
-    publish: mpsc::Sender<(String, Bytes)>,
+    publish: mpsc::Sender<Outgoing>,
     control: mpsc::UnboundedSender<Control>,
     connected: Arc<AtomicBool>,
 }
@@ -43,7 +46,7 @@ impl Redis {
     /// Starts the link to `url` (`redis://host:port[/db]`, `rediss://…`); the messages of
     /// subscribed channels arrive on the returned receiver. Connecting happens in the
     /// background: a Redis that is down at start is retried like a lost one.
-    pub fn start(url: &str) -> Result<(Redis, mpsc::Receiver<Bytes>), String> {
+    pub fn start(url: &str) -> Result<(Redis, mpsc::Receiver<Incoming>), String> {
         let client = redis::Client::open(url).map_err(|e| format!("CLUSTER_URL: {e}"))?;
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -64,7 +67,14 @@ impl Redis {
 
 impl Engine for Redis {
     fn publish(&self, channel: &str, payload: Bytes) -> bool {
-        self.publish.try_send((channel.to_owned(), payload)).is_ok()
+        self.publish.try_send((channel.to_owned(), payload, None)).is_ok()
+    }
+
+    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<usize> {
+        let (count, counted) = oneshot::channel();
+        // A full queue drops the sender: the caller sees "no answer".
+        let _ = self.publish.try_send((channel.to_owned(), payload, Some(count)));
+        counted
     }
 
     fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
@@ -91,7 +101,7 @@ impl Engine for Redis {
 /// Publishes queued messages in order, one pipeline per round trip. While Redis is away
 /// the messages of a failed round trip are dropped: other nodes miss them, this node's
 /// members already had them.
-async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<(String, Bytes)>) {
+async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut batch = Vec::with_capacity(PIPELINE);
     let mut down_since: Option<tokio::time::Instant> = None;
@@ -120,18 +130,31 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<(String, Byt
         }
         let n = batch.len();
         let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.publish(channel, payload.as_ref()).ignore();
+        let mut counts = Vec::new();
+        for (channel, payload, count) in batch.drain(..) {
+            pipe.publish(channel, payload.as_ref());
+            match count {
+                Some(count) => counts.push(count),
+                None => {
+                    pipe.ignore();
+                }
+            }
         }
         if let Some(c) = conn.as_mut() {
-            if let Err(e) = pipe.query_async::<()>(c).await {
-                warn!(error = %e, messages = n, "cluster engine: publish failed; reconnecting");
-                crate::observability::metrics::cluster_dropped(n);
-                down_since.get_or_insert_with(tokio::time::Instant::now);
-                conn = None;
-                continue;
+            match pipe.query_async::<Vec<usize>>(c).await {
+                Ok(receivers) => {
+                    for (count, n) in counts.into_iter().zip(receivers) {
+                        let _ = count.send(n);
+                    }
+                    crate::observability::metrics::cluster_published(n);
+                }
+                Err(e) => {
+                    warn!(error = %e, messages = n, "cluster engine: publish failed; reconnecting");
+                    crate::observability::metrics::cluster_dropped(n);
+                    down_since.get_or_insert_with(tokio::time::Instant::now);
+                    conn = None;
+                }
             }
-            crate::observability::metrics::cluster_published(n);
         }
     }
 }
@@ -149,7 +172,7 @@ async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String
 async fn subscriber(
     client: redis::Client,
     mut control: mpsc::UnboundedReceiver<Control>,
-    incoming: mpsc::Sender<Bytes>,
+    incoming: mpsc::Sender<Incoming>,
     connected: Arc<AtomicBool>,
 ) {
     let mut wanted: AHashSet<String> = AHashSet::new();
@@ -202,6 +225,9 @@ async fn subscriber(
         backoff = MIN_BACKOFF;
         if lost_once {
             info!(channels = wanted.len(), "cluster engine: back; topics subscribed again");
+            if incoming.send(Incoming::Resubscribed).await.is_err() {
+                return;
+            }
         } else {
             info!("cluster engine connected");
         }
@@ -238,7 +264,7 @@ async fn serve(
     sink: &mut PubSubSink,
     stream: &mut redis::aio::PubSubStream,
     control: &mut mpsc::UnboundedReceiver<Control>,
-    incoming: &mpsc::Sender<Bytes>,
+    incoming: &mpsc::Sender<Incoming>,
     wanted: &mut AHashSet<String>,
     waiting: &mut Vec<oneshot::Sender<()>>,
 ) -> Lost {
@@ -267,7 +293,8 @@ async fn serve(
                 None => return Lost::Connection("connection closed".into()),
                 Some(msg) => {
                     crate::observability::metrics::cluster_received(1);
-                    if incoming.send(Bytes::copy_from_slice(msg.get_payload_bytes())).await.is_err() {
+                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    if incoming.send(Incoming::Message(payload)).await.is_err() {
                         return Lost::Shutdown;
                     }
                 }

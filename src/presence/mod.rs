@@ -10,6 +10,11 @@
 //! Every change, every flush, and a join's flush + `presence_state` + subscribe happen
 //! under the topic's shard lock: a client sees the state, then exactly the diffs that
 //! came after it, in order.
+//!
+//! In a cluster each node is a replica of every topic's CRDT: a flush also hands this
+//! node's changes since the last flush to the publish path
+//! ([`Publisher::presence_changes`]), and the changes other nodes made arrive through
+//! [`PresenceHub::merge_remote`] and reach members as ordinary diffs.
 
 pub mod handler;
 pub mod phx_ref;
@@ -25,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::fanout::{ChannelId, Subscriber, TopicKey};
 use crate::publish::Publisher;
-use state::{Diff, PhxRefGen, ReplicaId, TopicPresence};
+use state::{Diff, FullState, LocalChanges, MergeOutcome, PhxRefGen, ReplicaId, TopicPresence};
 
 const SHARDS: usize = 64;
 
@@ -36,6 +41,8 @@ struct Topic {
     pending: Diff,
     /// A flush of this topic is queued for the flusher.
     queued: bool,
+    /// This node's changes up to this clock were handed to the publish path.
+    shipped: u64,
 }
 
 impl Topic {
@@ -46,6 +53,21 @@ impl Topic {
         let diff = std::mem::take(&mut self.pending);
         if !diff.is_empty() {
             publish.presence_diff(key, diff.to_json().as_bytes());
+        }
+        if publish.replicates_presence() && self.presence.clock() > self.shipped {
+            let changes = self.presence.local_delta(self.shipped);
+            self.shipped = self.presence.clock();
+            publish.presence_changes(key, &changes);
+        }
+    }
+
+    fn new(replica: ReplicaId) -> Topic {
+        let presence = TopicPresence::starting_at(replica, now_nanos());
+        Topic {
+            shipped: presence.clock(),
+            presence,
+            pending: Diff::default(),
+            queued: false,
         }
     }
 }
@@ -180,13 +202,66 @@ impl PresenceHub {
     ) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let phx_ref = self.refs.next(now_nanos());
-        let topic = shard.entry(key.clone()).or_insert_with(|| Topic {
-            presence: TopicPresence::starting_at(self.replica, now_nanos()),
-            pending: Diff::default(),
-            queued: false,
-        });
+        let topic = shard.entry(key.clone()).or_insert_with(|| Topic::new(self.replica));
         let diff = topic.presence.track(channel, presence_key, payload, phx_ref);
         self.changed(&mut shard, publish, key, diff);
+    }
+
+    /// This node's replica id.
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// Applies another node's changes to a topic; their diff reaches this node's members
+    /// like a local one. Returns the replica to ask for a full state when a delta of it
+    /// was lost.
+    pub fn merge_remote(&self, publish: &Publisher, key: &TopicKey, changes: LocalChanges) -> Option<ReplicaId> {
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
+        let topic = shard.entry(key.clone()).or_insert_with(|| Topic::new(self.replica));
+        match topic.presence.merge(changes) {
+            MergeOutcome::Applied(diff) => {
+                self.changed(&mut shard, publish, key, Some(diff));
+                None
+            }
+            MergeOutcome::Stale => {
+                self.changed(&mut shard, publish, key, None);
+                None
+            }
+            MergeOutcome::NeedFullSync(replica) => {
+                self.changed(&mut shard, publish, key, None);
+                Some(replica)
+            }
+        }
+    }
+
+    /// This node's own entries of a topic, for a node that asked (empty when it has none).
+    pub fn full_state(&self, key: &TopicKey) -> FullState {
+        let shard = crate::sync::lock(self.shard(key), "presence shard");
+        match shard.get(key) {
+            Some(topic) => topic.presence.full_state(),
+            None => TopicPresence::starting_at(self.replica, now_nanos()).full_state(),
+        }
+    }
+
+    /// A node is gone: its entries leave every topic.
+    pub fn remove_replica(&self, publish: &Publisher, replica: ReplicaId) {
+        for shard in self.shards.iter() {
+            let mut shard = crate::sync::lock(shard, "presence shard");
+            let keys: Vec<TopicKey> = shard.keys().cloned().collect();
+            for key in keys {
+                let diff = shard.get_mut(&key).map(|t| t.presence.remove_replica(replica));
+                self.changed(&mut shard, publish, &key, diff);
+            }
+        }
+    }
+
+    /// This node no longer follows a topic (no members left here): what it knew of other
+    /// nodes' presence there is dropped, as it will not hear of changes any more.
+    pub fn forget(&self, key: &TopicKey) {
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
+        if shard.get(key).is_some_and(|t| t.presence.local_len() == 0) {
+            shard.remove(key);
+        }
     }
 
     /// Removes a channel's presence; the channel stays subscribed.

@@ -11,6 +11,7 @@ use realtime_protocol::{encode, BroadcastMessage};
 
 use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::observability::metrics::{self, Out};
+use crate::presence::state::LocalChanges;
 use crate::replication::Batch;
 
 /// A delivery in progress; it completes once every frame is queued.
@@ -56,6 +57,16 @@ pub trait Broker: Send + Sync {
     /// a join before it replies.
     fn ready<'a>(&'a self, _key: &'a TopicKey) -> Delivery<'a> {
         Box::pin(std::future::ready(()))
+    }
+
+    /// This node's presence changes of a topic since it last handed them over, for the
+    /// other nodes (ignored on a single node).
+    fn presence_changes(&self, _key: &TopicKey, _changes: &LocalChanges) {}
+
+    /// Whether [`Broker::presence_changes`] is wanted (building them costs a little per
+    /// presence flush, wasted on a single node).
+    fn replicates_presence(&self) -> bool {
+        false
     }
 
     /// `key` got its first member on this node: a cluster broker starts receiving the

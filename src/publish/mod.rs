@@ -22,6 +22,7 @@ pub use self::broker::{Broker, Message};
 use self::history::History;
 use crate::fanout::{ChannelId, Registry, Subscriber, TopicKey};
 use crate::limits::Limits;
+use crate::presence::state::LocalChanges;
 use crate::replication::Batch;
 
 /// The publish entry point, shared by every producer.
@@ -123,6 +124,17 @@ impl Publisher {
     /// subscriber's frames are queued.
     pub async fn changes(&self, batch: &Batch) {
         self.broker.publish_changes(batch).await;
+    }
+
+    /// Whether presence changes are replicated to other nodes (a cluster).
+    pub fn replicates_presence(&self) -> bool {
+        self.broker.replicates_presence()
+    }
+
+    /// Hands this node's presence changes of a topic to the broker, which replicates them
+    /// to the other nodes (nothing to do on a single node).
+    pub fn presence_changes(&self, key: &TopicKey, changes: &LocalChanges) {
+        self.broker.presence_changes(key, changes);
     }
 
     /// Publishes a `presence_diff` payload to the members allowed to read presence.

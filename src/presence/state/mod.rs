@@ -249,6 +249,11 @@ impl TopicPresence {
         self.order.is_empty()
     }
 
+    /// Number of this replica's own entries.
+    pub fn local_len(&self) -> usize {
+        self.local.len()
+    }
+
     /// Number of entries (metas) from all replicas.
     pub fn len(&self) -> usize {
         self.order.len()
