@@ -121,6 +121,13 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
     let cluster = cluster_settings(&config);
+    if cluster.is_some() && config.database_url.is_some() {
+        warn!(
+            slot = %config.slot_name,
+            "CLUSTER_URL with DATABASE_URL: Postgres Changes and Broadcast from Database are not clustered yet; \
+             only the node holding the replication slot delivers row changes (its own clients only)"
+        );
+    }
     let app =
         App::new(config, verifier, pg, limits, history, cluster, shutdown_rx.clone()).map_err(StartupError::Cluster)?;
     if let Some(pg) = &app.pg {
