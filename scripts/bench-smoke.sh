@@ -13,7 +13,7 @@ results=${BENCH_RESULTS:-$(mktemp)}
 export BENCH_RESULTS=$results
 : >"$results"
 
-cargo bench --no-run --bench fanout --bench fanout_bare --bench idle_memory --bench presence --bench postgres_changes
+cargo bench --no-run --bench fanout --bench fanout_bare --bench idle_memory --bench presence --bench postgres_changes --bench cluster_fanout
 
 failed=()
 run() {
@@ -40,8 +40,9 @@ run "idle_memory 500" --bench idle_memory -- --connections 500 --settle-secs 1
 run "presence 50" --bench presence -- --clients 50 --timeout-secs 60
 run "presence 50 v1" --bench presence -- --clients 50 --vsn 1.0.0 --timeout-secs 60
 PG_BENCH_SMOKE=1 run "postgres_changes smoke" --bench postgres_changes
+run "cluster_fanout 1x50" --bench cluster_fanout -- --subscribers 50 --rates 200,1000 --step-secs 1
 
-for scenario in fanout fanout_bare idle_memory presence postgres_changes; do
+for scenario in fanout fanout_bare idle_memory presence postgres_changes cluster_fanout; do
 	if ! grep -q "\"scenario\":\"$scenario\"" "$results"; then
 		failed+=("$scenario (record missing)")
 	fi

@@ -2,8 +2,41 @@
 
 use super::*;
 
+/// Where a fan-out runs: the publishers' server, the subscribers' servers (subscriber `i`
+/// on `subscriber_ports[i % len]`), and the processes whose CPU and memory are "the
+/// server" (every node of a cluster; not the engine, reported apart).
+pub struct Target {
+    pub publisher_port: u16,
+    pub subscriber_ports: Vec<u16>,
+    pub pids: Vec<u32>,
+}
+
+impl Target {
+    /// One server for everything.
+    pub fn single(port: u16, pid: u32) -> Target {
+        Target {
+            publisher_port: port,
+            subscriber_ports: vec![port],
+            pids: vec![pid],
+        }
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_secs(*p)).sum()
+    }
+
+    fn rss_kb(&self) -> u64 {
+        self.pids.iter().map(|p| rss_kb(*p)).sum()
+    }
+}
+
 /// Runs the rising-rate fan-out against a server on `port` (RSS read from `pid`).
 pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose: bool) -> Res<FanoutResult> {
+    run_fanout_on(proto, &Target::single(port, pid), w, verbose).await
+}
+
+/// Runs the rising-rate fan-out against `target`.
+pub async fn run_fanout_on(proto: &Proto, target: &Target, w: &Fanout, verbose: bool) -> Res<FanoutResult> {
     let recorder = Recorder::new()?;
     let stop = Arc::new(AtomicBool::new(false));
     let topics: Vec<String> = (0..w.topics).map(|i| proto.topic(i)).collect();
@@ -17,6 +50,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
     while opened.len() < total {
         while next < total && set.len() < w.connect_parallel.max(1) {
             let (proto, topic, i) = (proto.clone(), topics[next % w.topics].clone(), next);
+            let port = target.subscriber_ports[next % target.subscriber_ports.len().max(1)];
             set.spawn(async move { Ok((i, proto.open(port, &[topic], None).await?)) });
             next += 1;
         }
@@ -33,7 +67,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
     let mut pubs = Vec::new();
     for p in 0..w.publishers {
         let mine: Vec<String> = topics.iter().skip(p).step_by(w.publishers).cloned().collect();
-        let ws = proto.open(port, &mine, None).await?;
+        let ws = proto.open(target.publisher_port, &mine, None).await?;
         let (reader, writer) = split(ws);
         // Drain whatever the server sends the publisher (replies, pings).
         spawn_drain(proto.clone(), reader, writer.clone(), stop.clone());
@@ -44,7 +78,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_kb_joined = rss_kb(pid);
+    let rss_kb_joined = target.rss_kb();
     if verbose {
         println!(
             "{}: {} connected and subscribed in {:.1} s, server RSS {} KB",
@@ -81,7 +115,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
         let step_no = k as u32 + 1;
         recorder.begin(step_no);
         let t0 = now_ns();
-        let (cpu_server0, cpu_gen0) = (cpu_secs(pid), cpu_secs(std::process::id()));
+        let (cpu_server0, cpu_gen0) = (target.cpu_secs(), cpu_secs(std::process::id()));
         let per_pub = rate as f64 / w.publishers as f64;
         let mut tasks = JoinSet::new();
         for (mine, writer) in &pubs {
@@ -119,7 +153,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
             p90_ms: ms(c.hist.value_at_quantile(0.9)),
             p99_ms: ms(c.hist.value_at_quantile(0.99)),
             max_ms: ms(c.hist.max()),
-            server_cpu_s: cpu_secs(pid) - cpu_server0,
+            server_cpu_s: target.cpu_secs() - cpu_server0,
             generator_cpu_s: cpu_secs(std::process::id()) - cpu_gen0,
         };
         if verbose {
@@ -157,7 +191,7 @@ pub async fn run_fanout(proto: &Proto, port: u16, pid: u32, w: &Fanout, verbose:
         best,
         connect_secs,
         rss_kb_joined,
-        rss_kb_after: rss_kb(pid),
+        rss_kb_after: target.rss_kb(),
         errors: recorder.errors.load(Ordering::Relaxed) + recorder.closed.load(Ordering::Relaxed),
     };
     // Dropping the publishers' writers and the stop flag lets every task end.
