@@ -10,6 +10,7 @@ use crate::cluster::{self, ClusterBroker, Clustered};
 use crate::config::Config;
 use crate::fanout::{ChannelId, Registry};
 use crate::limits::Limits;
+use crate::postgres_changes::replication::ChangeFeed;
 use crate::postgres_changes::PgChanges;
 use crate::presence::state::ReplicaId;
 use crate::presence::PresenceHub;
@@ -50,7 +51,7 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<App>, String> {
         let registry = Arc::new(Registry::default());
-        let changes = pg.clone().map(|pg| pg as Arc<dyn ChangeConsumer>);
+        let changes = pg.clone().map(|pg| Arc::new(ChangeFeed(pg)) as Arc<dyn ChangeConsumer>);
         let local = Local::new(registry.clone(), changes);
         // One id per process start: this node's presence replica and its cluster origin.
         let replica = ReplicaId(rand::random());

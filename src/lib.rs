@@ -121,24 +121,9 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
     let cluster = cluster_settings(&config);
-    if cluster.is_some() && config.database_url.is_some() {
-        warn!(
-            slot = %config.slot_name,
-            "CLUSTER_URL with DATABASE_URL: Postgres Changes and Broadcast from Database are not clustered yet; \
-             only the node holding the replication slot delivers row changes (its own clients only)"
-        );
-    }
     let app =
         App::new(config, verifier, pg, limits, history, cluster, shutdown_rx.clone()).map_err(StartupError::Cluster)?;
-    if let Some(pg) = &app.pg {
-        postgres_changes::replication::spawn(
-            pg,
-            app.publish.clone(),
-            std::time::Duration::from_millis(app.config.replication_start_delay_ms),
-            shutdown_rx.clone(),
-        );
-    }
-    db_broadcast::start(app.clone()).map_err(StartupError::DbBroadcast)?;
+    start_replication(&app, &shutdown_rx)?;
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.presence.clone(), app.publish.clone()));
 
@@ -163,6 +148,43 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
 }
 
 /// The limit profiles of LIMITS_FILE (none without it).
+/// Starts the replication streams (Postgres Changes, Broadcast from Database): at once on a
+/// single node; in a cluster only while this node holds the replication lease.
+fn start_replication(
+    app: &std::sync::Arc<App>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StartupError> {
+    let Some(pg) = app.pg.clone() else {
+        return Ok(());
+    };
+    let messages = db_broadcast::source(app).map_err(StartupError::DbBroadcast)?;
+    let db = pg.db_config().clone();
+    let start: cluster::leader::StartStreams = {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        Box::new(move || {
+            let delay = std::time::Duration::from_millis(app.config.replication_start_delay_ms);
+            let mut streams = vec![postgres_changes::replication::spawn(
+                &pg,
+                app.publish.clone(),
+                delay,
+                shutdown.clone(),
+            )];
+            if let Some(source) = messages.clone() {
+                streams.push(db_broadcast::spawn(app.clone(), source));
+            }
+            streams
+        })
+    };
+    match &app.cluster {
+        None => drop(start()),
+        Some(cluster) => {
+            let key = cluster::leader::lock_key(&app.config.slot_name);
+            cluster::leader::spawn(db, key, start, cluster.clone(), shutdown.clone());
+        }
+    }
+    Ok(())
+}
+
 /// The cluster settings, when `CLUSTER_URL` is set.
 fn cluster_settings(config: &Config) -> Option<cluster::Settings> {
     let url = config.cluster_url.clone()?;

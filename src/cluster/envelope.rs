@@ -16,6 +16,9 @@
 //!                     entries: u32 count · (u64 tag · str16 key · bytes32 meta JSON)…
 //! kind 3, sync request (send me your full state of the topic): u64 target (0 = every node)
 //! kind 4, heartbeat (no topic, no body)
+//! kind 5, row changes relayed by the leader (no topic): see [`super::rows`]
+//! kind 6, the leader's replication streams (no topic): u8 Postgres Changes · u8 Broadcast
+//!         from Database (0 starting, 1 waiting for publication, 2 streaming, 3 down, 4 failed)
 //! ```
 //!
 //! flags: 1 private topic, 2 stored id present, 4 metadata present. The sender's channel
@@ -27,14 +30,19 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 
 use std::sync::Arc;
 
+use super::rows::{self, Relayed};
 use crate::fanout::TopicKey;
+use crate::observability::state::StreamState;
 use crate::presence::state::{Delta, FullState, LocalChanges, Meta, ReplicaId, TaggedEntry};
+use crate::replication::Batch;
 
 const VERSION: u8 = 1;
 const KIND_BROADCAST: u8 = 1;
 const KIND_PRESENCE: u8 = 2;
 const KIND_SYNC_REQUEST: u8 = 3;
 const KIND_HEARTBEAT: u8 = 4;
+const KIND_CHANGES: u8 = 5;
+const KIND_STREAMS: u8 = 6;
 
 const PRESENCE_DELTA: u8 = 0;
 const PRESENCE_FULL: u8 = 1;
@@ -75,6 +83,10 @@ pub enum Body {
     SyncRequest { target: Option<u64> },
     /// The origin is alive.
     Heartbeat,
+    /// Row changes streamed by the origin, the leader.
+    Changes(Relayed),
+    /// The leader's replication streams: Postgres Changes, Broadcast from Database.
+    Streams(StreamState, StreamState),
 }
 
 /// Why an envelope could not be read.
@@ -149,14 +161,56 @@ pub fn encode_sync_request(origin: u64, key: &TopicKey, target: Option<u64>) -> 
     Some(out.freeze())
 }
 
-/// Encodes `origin`'s heartbeat.
-pub fn encode_heartbeat(origin: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(13);
+fn node_header(out: &mut BytesMut, kind: u8, origin: u64) {
     out.put_u8(VERSION);
-    out.put_u8(KIND_HEARTBEAT);
+    out.put_u8(kind);
     out.put_u64_le(origin);
     out.put_u8(0);
     out.put_u16_le(0);
+}
+
+/// Encodes a batch of row changes relayed by the leader `origin`.
+pub fn encode_changes(origin: u64, batch: &Batch, offsets: &[usize]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(64 + batch.changes.len() * 64);
+    node_header(&mut out, KIND_CHANGES, origin);
+    rows::encode(&mut out, batch, offsets)?;
+    Some(out.freeze())
+}
+
+/// Encodes the leader's stream states.
+pub fn encode_streams(origin: u64, postgres_changes: StreamState, db_broadcast: StreamState) -> Bytes {
+    let mut out = BytesMut::with_capacity(15);
+    node_header(&mut out, KIND_STREAMS, origin);
+    out.put_u8(state_code(postgres_changes));
+    out.put_u8(state_code(db_broadcast));
+    out.freeze()
+}
+
+fn state_code(s: StreamState) -> u8 {
+    match s {
+        StreamState::Starting => 0,
+        StreamState::WaitingForPublication => 1,
+        StreamState::Streaming => 2,
+        StreamState::Down => 3,
+        StreamState::Failed => 4,
+    }
+}
+
+fn state(code: u8) -> Result<StreamState, Malformed> {
+    Ok(match code {
+        0 => StreamState::Starting,
+        1 => StreamState::WaitingForPublication,
+        2 => StreamState::Streaming,
+        3 => StreamState::Down,
+        4 => StreamState::Failed,
+        _ => return Err(Malformed::Invalid("unknown stream state")),
+    })
+}
+
+/// Encodes `origin`'s heartbeat.
+pub fn encode_heartbeat(origin: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(13);
+    node_header(&mut out, KIND_HEARTBEAT, origin);
     out.freeze()
 }
 
@@ -225,6 +279,8 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
             target: Some(r.u64()?).filter(|t| *t != 0),
         },
         KIND_HEARTBEAT => Body::Heartbeat,
+        KIND_CHANGES => Body::Changes(rows::decode(&mut r)?),
+        KIND_STREAMS => Body::Streams(state(r.u8()?)?, state(r.u8()?)?),
         _ => return Err(Malformed::Invalid("unknown kind")),
     };
     Ok(Envelope { origin, key, body })
@@ -318,19 +374,19 @@ fn broadcast(r: &mut Reader<'_>, flags: u8) -> Result<Body, Malformed> {
     Ok(Body::Broadcast { stored_id, msg })
 }
 
-fn put_str16(out: &mut BytesMut, s: &str) -> Option<()> {
+pub(super) fn put_str16(out: &mut BytesMut, s: &str) -> Option<()> {
     out.put_u16_le(u16::try_from(s.len()).ok()?);
     out.put_slice(s.as_bytes());
     Some(())
 }
 
-struct Reader<'a> {
-    bytes: &'a Bytes,
-    at: usize,
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a Bytes,
+    pub(super) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<Bytes, Malformed> {
+    pub(super) fn take(&mut self, len: usize) -> Result<Bytes, Malformed> {
         let end = self.at.checked_add(len).filter(|end| *end <= self.bytes.len());
         let end = end.ok_or(Malformed::Invalid("truncated"))?;
         let out = self.bytes.slice(self.at..end);
@@ -345,19 +401,19 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, Malformed> {
+    pub(super) fn u8(&mut self) -> Result<u8, Malformed> {
         Ok(self.array::<1>()?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, Malformed> {
+    pub(super) fn u32(&mut self) -> Result<u32, Malformed> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, Malformed> {
+    pub(super) fn u64(&mut self) -> Result<u64, Malformed> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn str16(&mut self) -> Result<&'a str, Malformed> {
+    pub(super) fn str16(&mut self) -> Result<&'a str, Malformed> {
         let len = u16::from_le_bytes(self.array()?) as usize;
         let start = self.at;
         self.take(len)?;
@@ -365,11 +421,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(&bytes[start..start + len]).map_err(|_| Malformed::Invalid("not UTF-8"))
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.bytes.len() - self.at
     }
 
-    fn rest(&mut self) -> Bytes {
+    pub(super) fn rest(&mut self) -> Bytes {
         let out = self.bytes.slice(self.at..);
         self.at = self.bytes.len();
         out

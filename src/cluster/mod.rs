@@ -17,15 +17,26 @@
 //! * **Engine loss**: each node keeps serving its own members; when the link is back,
 //!   every followed topic's presence is exchanged again.
 //!
-//! Not replicated yet: Postgres Changes and Broadcast from Database (each node streams the
-//! slot itself, so one node at a time gets the changes) and the public replay history.
-//! README "Run a cluster" says so.
+//! * **Row changes** (Postgres Changes and Broadcast from Database): one node, the leader
+//!   ([`leader`]: a PostgreSQL advisory lock), streams each slot once. Broadcast from
+//!   Database rows become broadcasts and cross like any other; Postgres Changes batches are
+//!   relayed ([`rows`]) and every node applies filters and RLS for its own subscribers.
+//!   The leader also relays its streams' states, so `Subscribed to PostgreSQL`,
+//!   `replication_ready` and `/api/health` mean the same on every node. After a failover
+//!   the new leader resumes from the slots' confirmed positions; each node delivers a
+//!   change once ([`rows::Dedupe`]).
+//!
+//! Not replicated yet: the public replay history (`REPLAY_PUBLIC` is per node). README
+//! "Run a cluster" says so.
 
 pub mod engine;
 pub mod envelope;
+pub mod leader;
 pub mod liveness;
 pub mod redis;
+pub mod rows;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -37,7 +48,9 @@ use tracing::{debug, info, warn};
 use self::engine::{Engine, Incoming};
 use self::envelope::{Body, Envelope};
 use self::liveness::Nodes;
+use self::rows::{Dedupe, Offsets, Relayed};
 use crate::fanout::{Registry, TopicKey};
+use crate::observability::state::{StreamState, DB_BROADCAST, PG_CHANGES};
 use crate::presence::state::{LocalChanges, ReplicaId};
 use crate::presence::PresenceHub;
 use crate::publish::broker::{Broker, Delivery, Local, Message};
@@ -109,6 +122,18 @@ pub struct ClusterBroker {
     nodes: Mutex<Nodes>,
     presence: OnceLock<Attached>,
     syncs: Mutex<AHashMap<TopicKey, SyncWait>>,
+    /// This node holds the replication lease.
+    leader: AtomicBool,
+    /// Offsets of the transactions this node streams as leader.
+    offsets: Mutex<Offsets>,
+    /// What this node delivered of the row changes, whoever streamed them.
+    delivered: Mutex<Dedupe>,
+    /// Relayed batches, delivered in order by one task.
+    relay: mpsc::UnboundedSender<Relayed>,
+    /// Table shapes last seen in relayed changes, by relation id.
+    relations: Mutex<AHashMap<u32, Arc<realtime_wal::change::Relation>>>,
+    /// When the leader last said how its streams are.
+    leader_heard: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Starts a clustered node's broker over `local` (this node's delivery); `origin` is this
@@ -132,6 +157,7 @@ pub fn start(
             ))
         }
     };
+    let (relay, relayed) = mpsc::unbounded_channel();
     let broker = Arc::new(ClusterBroker {
         local,
         registry,
@@ -144,10 +170,18 @@ pub fn start(
         nodes: Mutex::new(Nodes::default()),
         presence: OnceLock::new(),
         syncs: Mutex::new(AHashMap::new()),
+        leader: AtomicBool::new(false),
+        offsets: Mutex::new(Offsets::default()),
+        delivered: Mutex::new(Dedupe::default()),
+        relay,
+        relations: Mutex::new(AHashMap::new()),
+        leader_heard: Mutex::new(None),
     });
     info!(node_id = %broker.node_id, engine = broker.engine.name(), namespace = %broker.namespace, "cluster mode");
     drop(broker.engine.subscribe(&broker.nodes_channel()));
+    drop(broker.engine.subscribe(&broker.changes_channel()));
     tokio::spawn(receive(Arc::downgrade(&broker), incoming));
+    tokio::spawn(deliver_relayed(Arc::downgrade(&broker), relayed));
     tokio::spawn(heartbeat(Arc::downgrade(&broker)));
     Ok(broker)
 }
@@ -162,6 +196,17 @@ async fn receive(broker: Weak<ClusterBroker>, mut incoming: mpsc::Receiver<Incom
             Incoming::Message(bytes) => broker.deliver_remote(&bytes),
             Incoming::Resubscribed => broker.resync_all(),
         }
+    }
+}
+
+/// Delivers relayed row changes to this node's subscribers, one batch after the other.
+async fn deliver_relayed(broker: Weak<ClusterBroker>, mut relayed: mpsc::UnboundedReceiver<Relayed>) {
+    while let Some(Relayed { batch, offsets }) = relayed.recv().await {
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        broker.relation_shapes(&batch);
+        broker.deliver_changes(&batch, &offsets).await;
     }
 }
 
@@ -180,6 +225,7 @@ async fn heartbeat(broker: Weak<ClusterBroker>) {
                 .publish(&broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
         }
         beats += 1;
+        broker.leader_tick(beats.is_multiple_of(4));
         let gone = crate::sync::lock(&broker.nodes, "cluster nodes").expire(tokio::time::Instant::now());
         for node in gone {
             info!(
@@ -208,6 +254,86 @@ impl ClusterBroker {
     fn attached(&self) -> Option<(&PresenceHub, Arc<Publisher>)> {
         let a = self.presence.get()?;
         Some((&a.hub, a.publish.upgrade()?))
+    }
+
+    /// This node took or lost the replication lease.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::SeqCst);
+        if leader {
+            *crate::sync::lock(&self.offsets, "cluster offsets") = Offsets::default();
+        }
+    }
+
+    /// This node holds the replication lease.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    fn changes_channel(&self) -> String {
+        format!("{}:changes", self.namespace)
+    }
+
+    /// Each heartbeat tick: the leader says how its streams are (every second, so a new
+    /// node learns it at once); a follower that has not heard from a leader for the node
+    /// timeout counts the streams as down.
+    fn leader_tick(&self, beat: bool) {
+        if self.local.changes().is_none() {
+            return;
+        }
+        if self.is_leader() {
+            if beat {
+                let bytes = envelope::encode_streams(self.origin, PG_CHANGES.state(), DB_BROADCAST.state());
+                self.engine.publish(&self.changes_channel(), bytes);
+            }
+            return;
+        }
+        let heard = *crate::sync::lock(&self.leader_heard, "cluster leader");
+        if heard.is_some_and(|at| at.elapsed() > liveness::NODE_TIMEOUT) {
+            *crate::sync::lock(&self.leader_heard, "cluster leader") = None;
+            warn!("cluster: no replication leader heard for 4 s; row changes are paused until one takes over");
+            self.mirror_streams(StreamState::Down, StreamState::Down);
+        }
+    }
+
+    /// A follower shows the leader's stream states as its own.
+    fn mirror_streams(&self, postgres_changes: StreamState, db_broadcast: StreamState) {
+        PG_CHANGES.set(postgres_changes);
+        DB_BROADCAST.set(db_broadcast);
+        if let Some(consumer) = self.local.changes() {
+            if postgres_changes == StreamState::Streaming {
+                consumer.stream_up();
+            } else {
+                consumer.stream_down();
+            }
+        }
+    }
+
+    /// Tells this node's Postgres Changes when a relayed table's shape differs from the
+    /// last one seen (the leader's stream saw a Relation message).
+    fn relation_shapes(&self, batch: &Batch) {
+        let Some(consumer) = self.local.changes() else {
+            return;
+        };
+        let mut seen = crate::sync::lock(&self.relations, "cluster relations");
+        for change in &batch.changes {
+            let r = &change.relation;
+            if seen
+                .get(&r.id)
+                .is_some_and(|known| Arc::ptr_eq(known, r) || **known == **r)
+            {
+                continue;
+            }
+            seen.insert(r.id, r.clone());
+            consumer.relation_changed(r);
+        }
+    }
+
+    /// Delivers what this node has not delivered yet of a batch.
+    async fn deliver_changes(&self, batch: &Batch, offsets: &[usize]) {
+        let fresh = crate::sync::lock(&self.delivered, "cluster delivered").filter(batch, offsets);
+        if !fresh.changes.is_empty() {
+            self.local.publish_changes(&fresh).await;
+        }
     }
 
     /// The engine channel of a topic: public and private topics of one name are distinct.
@@ -276,6 +402,18 @@ impl ClusterBroker {
                 debug!(topic = %key.topic, delivered = n, "cluster broadcast delivered");
             }
             Body::Presence(changes) => self.merge_presence(origin, &key, changes),
+            Body::Changes(relayed) => {
+                // A leader delivers what it streams itself.
+                if !self.is_leader() && self.relay.send(relayed).is_err() {
+                    warn!("cluster: row changes relay stopped");
+                }
+            }
+            Body::Streams(postgres_changes, db_broadcast) => {
+                if !self.is_leader() && self.local.changes().is_some() {
+                    *crate::sync::lock(&self.leader_heard, "cluster leader") = Some(tokio::time::Instant::now());
+                    self.mirror_streams(postgres_changes, db_broadcast);
+                }
+            }
             Body::SyncRequest { target } => {
                 if target.is_none_or(|t| t == self.origin) {
                     if let Some((hub, _)) = self.attached() {
@@ -425,7 +563,23 @@ impl Broker for Clustered {
     }
 
     fn publish_changes<'a>(&'a self, batch: &'a Batch) -> Delivery<'a> {
-        self.0.local.publish_changes(batch)
+        Box::pin(async move {
+            let broker = &self.0;
+            let offsets = crate::sync::lock(&broker.offsets, "cluster offsets").of(batch);
+            match envelope::encode_changes(broker.origin, batch, &offsets) {
+                Some(bytes) => {
+                    if !broker.engine.publish(&broker.changes_channel(), bytes) {
+                        warn!(
+                            changes = batch.changes.len(),
+                            "cluster engine queue full: row changes not relayed"
+                        );
+                        crate::observability::metrics::cluster_dropped(1);
+                    }
+                }
+                None => warn!(changes = batch.changes.len(), "row changes too large to relay"),
+            }
+            broker.deliver_changes(batch, &offsets).await;
+        })
     }
 
     fn replicates_presence(&self) -> bool {

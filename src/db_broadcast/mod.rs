@@ -32,19 +32,21 @@ pub struct Source {
     pub publication: String,
 }
 
-/// Starts streaming `realtime.messages` into `app`'s fan-out. Does nothing without
-/// `DATABASE_URL`.
-pub fn start(app: Arc<App>) -> Result<(), String> {
+/// What to stream for Broadcast from Database; `None` without `DATABASE_URL`.
+pub fn source(app: &App) -> Result<Option<Source>, String> {
     let Some(url) = app.config.database_url.as_deref() else {
-        return Ok(());
+        return Ok(None);
     };
     let db: tokio_postgres::Config = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
-    let source = Source {
+    Ok(Some(Source {
         db,
         slot: app.config.messages_slot_name.clone(),
         publication: MESSAGES_PUBLICATION.to_owned(),
-    };
+    }))
+}
+
+/// Starts streaming `source` into `app`'s publish path.
+pub fn spawn(app: Arc<App>, source: Source) -> tokio::task::JoinHandle<()> {
     info!(slot = %source.slot, publication = %source.publication, "Broadcast from Database enabled");
-    tokio::spawn(replication::run(app, source));
-    Ok(())
+    tokio::spawn(replication::run(app, source))
 }

@@ -84,7 +84,13 @@ async fn health(app: &Arc<App>) -> hyper::Response<Body> {
         let (engine, connected) = cluster.engine_state();
         body.insert(
             "cluster".into(),
-            json!({"node_id": cluster.node_id(), "engine": engine, "engine_connected": connected}),
+            json!({
+                "node_id": cluster.node_id(),
+                "engine": engine,
+                "engine_connected": connected,
+                "leader": cluster.is_leader(),
+                "nodes_alive": cluster.live_nodes() + 1,
+            }),
         );
     }
     body.insert("uptime_seconds".into(), json!(state::uptime_seconds()));

@@ -18,7 +18,7 @@ pub mod replication;
 pub mod rls;
 pub mod subscribe;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +191,11 @@ impl PgChanges {
         Ok(row.get(0))
     }
 
+    /// The connection settings (`DATABASE_URL`).
+    pub fn db_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// The SQL pool (also used for private-channel authorization).
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -254,6 +259,23 @@ impl PgChanges {
         }
     }
 
+    /// The stream is up (here, or on the cluster's leader): subscriptions waiting for it
+    /// are told; after an outage every channel is resolved again and told again.
+    pub fn stream_up(self: &Arc<Self>) {
+        self.connected.store(true, Ordering::SeqCst);
+        if self.outage.swap(false, Ordering::SeqCst) {
+            self.resubscribe_all();
+        }
+    }
+
+    /// The stream was lost: subscribers are told once.
+    pub fn stream_down(&self) {
+        if self.connected.swap(false, Ordering::SeqCst) {
+            self.outage.store(true, Ordering::SeqCst);
+            self.notify_all(false, errors::PG_UNABLE_TO_CONNECT);
+        }
+    }
+
     /// Resolves every channel again (after the stream reconnected).
     fn resubscribe_all(self: &Arc<Self>) {
         for entry in self.registry.all() {
@@ -266,7 +288,7 @@ impl PgChanges {
     /// and after its shape changed. When the columns differ from what we cached, the
     /// catalog entry and the subscriptions compiled against it (column positions) are
     /// rebuilt.
-    fn relation_seen(self: &Arc<Self>, relation: &realtime_wal::pgoutput::Relation) {
+    pub fn relation_seen(self: &Arc<Self>, relation: &realtime_wal::pgoutput::Relation) {
         let Some(cached) = self.catalog.cached(relation.id) else {
             return;
         };

@@ -6,11 +6,9 @@
 //! told, and told again when it is back (every channel is re-resolved); a table whose shape
 //! changed is read again from the catalog.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use realtime_protocol::errors;
 use realtime_wal::change::Relation;
 use tokio::sync::watch;
 
@@ -22,7 +20,12 @@ use crate::replication::{self, Batch, Sink};
 
 /// Starts streaming the slot until shutdown (or an error that needs an operator),
 /// publishing each batch through `publish`.
-pub fn spawn(pg: &Arc<PgChanges>, publish: Arc<Publisher>, start_delay: Duration, shutdown: watch::Receiver<bool>) {
+pub fn spawn(
+    pg: &Arc<PgChanges>,
+    publish: Arc<Publisher>,
+    start_delay: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let settings = replication::Settings {
         db: pg.config.clone(),
         slot: pg.slot.clone(),
@@ -32,7 +35,7 @@ pub fn spawn(pg: &Arc<PgChanges>, publish: Arc<Publisher>, start_delay: Duration
         stats: &PG_CHANGES,
         shutdown,
     };
-    tokio::spawn(replication::run(settings, Changes(pg.clone(), publish)));
+    tokio::spawn(replication::run(settings, Changes(pg.clone(), publish)))
 }
 
 /// The sink: each batch goes through the publish path to the RLS-checked fan-out.
@@ -48,18 +51,11 @@ impl Sink for Changes {
     }
 
     fn on_streaming(&self) {
-        self.0.connected.store(true, Ordering::SeqCst);
-        if self.0.outage.swap(false, Ordering::SeqCst) {
-            // Back after an outage: re-resolve every channel and say so.
-            self.0.resubscribe_all();
-        }
+        self.0.stream_up();
     }
 
     fn on_lost(&self) {
-        if self.0.connected.swap(false, Ordering::SeqCst) {
-            self.0.outage.store(true, Ordering::SeqCst);
-            self.0.notify_all(false, errors::PG_UNABLE_TO_CONNECT);
-        }
+        self.0.stream_down();
     }
 
     fn on_relation(&self, relation: &Relation) {
@@ -71,11 +67,26 @@ impl Sink for Changes {
     }
 }
 
-/// Row changes published on this node reach its Postgres Changes subscribers here.
-impl ChangeConsumer for PgChanges {
+/// Row changes published on this node reach its Postgres Changes subscribers here
+/// (streamed by this node, or by the cluster's leader and relayed).
+pub struct ChangeFeed(pub Arc<PgChanges>);
+
+impl ChangeConsumer for ChangeFeed {
     fn deliver<'a>(&'a self, batch: &'a Batch) -> Delivery<'a> {
         Box::pin(async move {
-            dispatch::deliver(self, &batch.changes, &batch.commit_times(), &batch.xids()).await;
+            dispatch::deliver(&self.0, &batch.changes, &batch.commit_times(), &batch.xids()).await;
         })
+    }
+
+    fn stream_up(&self) {
+        self.0.stream_up();
+    }
+
+    fn stream_down(&self) {
+        self.0.stream_down();
+    }
+
+    fn relation_changed(&self, relation: &Relation) {
+        self.0.relation_seen(relation);
     }
 }

@@ -22,6 +22,15 @@ pub type Delivery<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub trait ChangeConsumer: Send + Sync {
     /// Delivers a batch of committed changes to this node's subscribers.
     fn deliver<'a>(&'a self, batch: &'a Batch) -> Delivery<'a>;
+
+    /// The replication stream feeding this node is up (told by the cluster's leader).
+    fn stream_up(&self);
+
+    /// The replication stream feeding this node is down.
+    fn stream_down(&self);
+
+    /// A table's shape as a relayed change carries it differs from the last one seen.
+    fn relation_changed(&self, relation: &realtime_wal::change::Relation);
 }
 
 /// What is published on a topic.
@@ -88,6 +97,13 @@ impl Local {
     /// database).
     pub fn new(registry: Arc<Registry>, changes: Option<Arc<dyn ChangeConsumer>>) -> Local {
         Local { registry, changes }
+    }
+}
+
+impl Local {
+    /// Where row changes are delivered on this node (none without a database).
+    pub fn changes(&self) -> Option<&Arc<dyn ChangeConsumer>> {
+        self.changes.as_ref()
     }
 }
 
