@@ -61,7 +61,11 @@ async fn run(p: &Params, n: usize, nofile: u64) -> Res<bool> {
 
     // `--cluster`: the node runs with CLUSTER_URL on a redis-server of its own, each
     // joined topic then being an engine subscription too.
-    let redis = if p.flag("cluster") { Some(loadgen::start_redis().await?) } else { None };
+    let redis = if p.flag("cluster") {
+        Some(loadgen::start_redis().await?)
+    } else {
+        None
+    };
     let url = redis.as_ref().map(|(_, port)| format!("redis://127.0.0.1:{port}"));
     let mut env = vec![("IDLE_TIMEOUT_MS", "60000"), ("PING_INTERVAL_MS", "15000")];
     if let Some(url) = &url {

@@ -384,12 +384,13 @@ impl ClusterBroker {
         if origin == self.origin {
             return;
         }
+        // Anything a node sends shows it alive, so a node whose presence arrived before its
+        // first heartbeat still expires when it dies.
+        if crate::sync::lock(&self.nodes, "cluster nodes").heard(origin, tokio::time::Instant::now()) {
+            info!(node = format_args!("{origin:016x}"), "cluster: node alive");
+        }
         match body {
-            Body::Heartbeat => {
-                if crate::sync::lock(&self.nodes, "cluster nodes").heard(origin, tokio::time::Instant::now()) {
-                    info!(node = format_args!("{origin:016x}"), "cluster: node alive");
-                }
-            }
+            Body::Heartbeat => {}
             Body::Broadcast { stored_id, msg } => {
                 let n = self.local.publish(
                     &key,
@@ -604,7 +605,9 @@ impl Broker for Clustered {
                 warn!(topic = %key.topic, "cluster engine did not confirm the subscription in time: joining with this node's messages only");
                 return;
             }
-            if first && broker.presence.get().is_some() && broker.live_nodes() > 0 {
+            // Asked even when no other node was heard from yet (they may have started a
+            // moment ago): PUBLISH's receiver count says how many answers to expect.
+            if first && broker.presence.get().is_some() {
                 broker.sync_on_first_join(key).await;
             }
         })
