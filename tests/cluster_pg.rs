@@ -41,6 +41,17 @@ async fn leads(s: &Server) -> bool {
     v["cluster"]["leader"].as_bool().expect("cluster.leader in /api/health")
 }
 
+/// Two nodes, the first holding the replication lease before the second starts.
+async fn leader_then_follower(redis: &Redis, pg: &Pg) -> (Server, Server) {
+    let first = node(redis, pg, "first").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leads(&first).await {
+        assert!(tokio::time::Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (first, node(redis, pg, "second").await)
+}
+
 /// A connection subscribed to the inserts of `public.items`, once Postgres Changes say
 /// they are live on its node.
 async fn watcher(s: &Server) -> Client {
@@ -126,14 +137,7 @@ async fn a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled() {
     let pg = Pg::start();
     pg.exec(SCHEMA).await;
     let redis = Redis::start().await;
-    let mut first = node(&redis, &pg, "first").await;
-    // The first node takes the lease before the second starts.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !leads(&first).await {
-        assert!(tokio::time::Instant::now() < deadline, "no leader within 10 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let second = node(&redis, &pg, "second").await;
+    let (mut first, second) = leader_then_follower(&redis, &pg).await;
     let mut on_second = watcher(&second).await;
     assert!(!leads(&second).await);
 
@@ -183,13 +187,7 @@ async fn a_transaction_in_flight_when_the_leader_dies_arrives_once() {
     let pg = Pg::start();
     pg.exec(SCHEMA).await;
     let redis = Redis::start().await;
-    let mut first = node(&redis, &pg, "first").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !leads(&first).await {
-        assert!(tokio::time::Instant::now() < deadline, "no leader within 10 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let second = node(&redis, &pg, "second").await;
+    let (mut first, second) = leader_then_follower(&redis, &pg).await;
     // A fraction of the rows, so the client keeps up while the nodes work through them.
     let mut c = second.connect("1.0.0").await;
     let bindings = json!([{"event": "INSERT", "schema": "public", "table": "items", "filter": "body=eq.hit"}]);

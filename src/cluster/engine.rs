@@ -19,8 +19,9 @@ pub enum Incoming {
 /// subscribed; while the engine is away, publishing drops messages (each node keeps
 /// serving its own members) and the state is visible through [`Engine::connected`].
 pub trait Engine: Send + Sync {
-    /// Queues `payload` for `channel`; false when it had to be dropped (queue full).
-    fn publish(&self, channel: &str, payload: Bytes) -> bool;
+    /// Queues `payload` for `channel` (taken by value: callers build it per message, so it
+    /// is not copied again); false when it had to be dropped (queue full).
+    fn publish(&self, channel: String, payload: Bytes) -> bool;
 
     /// Publishes `payload` on `channel` (in order with [`Engine::publish`]) and tells how
     /// many subscribers received it; the receiver is dropped when the engine is away.

@@ -222,7 +222,7 @@ async fn heartbeat(broker: Weak<ClusterBroker>) {
         if beats.is_multiple_of(4) {
             broker
                 .engine
-                .publish(&broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
+                .publish(broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
         }
         beats += 1;
         broker.leader_tick(beats.is_multiple_of(4));
@@ -283,7 +283,7 @@ impl ClusterBroker {
         if self.is_leader() {
             if beat {
                 let bytes = envelope::encode_streams(self.origin, PG_CHANGES.state(), DB_BROADCAST.state());
-                self.engine.publish(&self.changes_channel(), bytes);
+                self.engine.publish(self.changes_channel(), bytes);
             }
             return;
         }
@@ -364,7 +364,7 @@ impl ClusterBroker {
     fn send(&self, key: &TopicKey, bytes: Option<Bytes>) {
         match bytes {
             Some(bytes) => {
-                if !self.engine.publish(&self.channel(key), bytes) {
+                if !self.engine.publish(self.channel(key), bytes) {
                     warn!(topic = %key.topic, "cluster engine queue full: not sent to other nodes");
                     crate::observability::metrics::cluster_dropped(1);
                 }
@@ -569,7 +569,7 @@ impl Broker for Clustered {
             let offsets = crate::sync::lock(&broker.offsets, "cluster offsets").of(batch);
             match envelope::encode_changes(broker.origin, batch, &offsets) {
                 Some(bytes) => {
-                    if !broker.engine.publish(&broker.changes_channel(), bytes) {
+                    if !broker.engine.publish(broker.changes_channel(), bytes) {
                         warn!(
                             changes = batch.changes.len(),
                             "cluster engine queue full: row changes not relayed"

@@ -66,8 +66,8 @@ impl Redis {
 }
 
 impl Engine for Redis {
-    fn publish(&self, channel: &str, payload: Bytes) -> bool {
-        self.publish.try_send((channel.to_owned(), payload, None)).is_ok()
+    fn publish(&self, channel: String, payload: Bytes) -> bool {
+        self.publish.try_send((channel, payload, None)).is_ok()
     }
 
     fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<usize> {
