@@ -214,8 +214,9 @@ pub struct Config {
     #[command(flatten)]
     pub observability: crate::observability::ObsConfig,
 
-    /// Cluster engine linking several nodes into one server: `redis://host:port[/db]` or
-    /// `rediss://…` (Redis 7 or Valkey). Unset: a single node, no engine needed.
+    /// Cluster engine linking several nodes into one server: `redis://host:port[/db]`,
+    /// `rediss://…` (Redis 7 or Valkey) or `nats://host:port`. Unset: a single node, no
+    /// engine needed.
     #[arg(long, env = "CLUSTER_URL")]
     pub cluster_url: Option<String>,
 

@@ -1,17 +1,19 @@
-//! Several nodes on one Redis act as one server (issue 11, first part: Broadcast). Real
-//! processes: three `realtime` nodes and a `redis-server`, on loopback.
+//! Several nodes on one engine act as one server: Broadcast and Presence. Real processes:
+//! up to three `realtime` nodes and a `redis-server` or a `nats-server`, on loopback; every
+//! test runs once per engine (`redis::…`, `nats::…`).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::redis_server::Redis;
+use common::engine_server::{EngineServer, Kind};
 use common::{config, token, user_broadcast_push, Client, Frame, Server};
 use serde_json::{json, Value};
 
-async fn node(redis: &Redis, name: &str) -> Server {
+async fn node(engine: &EngineServer, name: &str) -> Server {
     Server::start_with(&[
-        ("CLUSTER_URL", &redis.url()),
+        ("CLUSTER_URL", &engine.url()),
         ("NODE_ID", name),
         ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
     ])
@@ -43,13 +45,12 @@ async fn received_ns(c: &mut Client, count: usize) -> Vec<i64> {
     ns
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broadcast_reaches_every_node_once_in_send_order() {
-    let redis = Redis::start().await;
+async fn broadcast_reaches_every_node_once_in_send_order(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
     let (a, b, c) = (
-        node(&redis, "a").await,
-        node(&redis, "b").await,
-        node(&redis, "c").await,
+        node(&engine, "a").await,
+        node(&engine, "b").await,
+        node(&engine, "c").await,
     );
     let topic = "realtime:room";
     let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
@@ -71,10 +72,9 @@ async fn broadcast_reaches_every_node_once_in_send_order() {
     sender.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn self_true_and_ack_work_as_on_one_node() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn self_true_and_ack_work_as_on_one_node(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     let topic = "realtime:echo";
     let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"self": true, "ack": true}})).await;
     let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
@@ -97,10 +97,9 @@ async fn self_true_and_ack_work_as_on_one_node() {
     on_b.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     let topic = "realtime:bin";
     let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
     let (mut v2, _) = member(&b, "2.0.0", topic, json!({})).await;
@@ -139,10 +138,9 @@ async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding() {
     v1.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rest_broadcasts_reach_members_on_other_nodes() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn rest_broadcasts_reach_members_on_other_nodes(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     let (mut on_b, _) = member(&b, "2.0.0", "realtime:rest", json!({})).await;
     let key = token("service_role", 60);
     let body = json!({"messages": [{"topic": "rest", "event": "e", "payload": {"n": 7}}]});
@@ -158,20 +156,23 @@ async fn rest_broadcasts_reach_members_on_other_nodes() {
     assert_eq!(received_ns(&mut on_b, 1).await, [7]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_subscribes_to_a_topic_only_while_it_has_members() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn a_node_subscribes_to_a_topic_only_while_it_has_members(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     let channel = "realtime:topic:public:realtime:interest";
-    assert_eq!(redis.subscribers(channel).await, 0);
+    assert_eq!(engine.subscribers(channel).await, 0);
     let (mut on_a, _) = member(&a, "2.0.0", "realtime:interest", json!({})).await;
     // The join reply comes after the engine confirmed the subscription.
-    assert_eq!(redis.subscribers(channel).await, 1, "node a subscribed before replying");
+    assert_eq!(
+        engine.subscribers(channel).await,
+        1,
+        "node a subscribed before replying"
+    );
     let (on_b, _) = member(&b, "2.0.0", "realtime:interest", json!({})).await;
-    assert_eq!(redis.subscribers(channel).await, 2);
+    assert_eq!(engine.subscribers(channel).await, 2);
     drop(on_b);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while redis.subscribers(channel).await != 1 {
+    while engine.subscribers(channel).await != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "node b kept the subscription after its last member left"
@@ -179,21 +180,20 @@ async fn a_node_subscribes_to_a_topic_only_while_it_has_members() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A private topic of the same name is another channel.
-    assert_eq!(redis.subscribers("realtime:topic:private:realtime:interest").await, 0);
+    assert_eq!(engine.subscribers("realtime:topic:private:realtime:interest").await, 0);
     on_a.expect_silence(Duration::from_millis(100)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broadcast_crosses_again_after_the_engine_restarts() {
-    let mut redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn broadcast_crosses_again_after_the_engine_restarts(kind: Kind) {
+    let mut engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     let topic = "realtime:restart";
     let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
     let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
     let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
     assert_eq!(health(&b).await, Some(true));
 
-    redis.kill().await;
+    engine.kill().await;
     // Meanwhile each node serves its own members.
     let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": -1}});
     sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
@@ -207,7 +207,7 @@ async fn broadcast_crosses_again_after_the_engine_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    redis.start_again().await;
+    engine.start_again().await;
     let started = tokio::time::Instant::now();
     let mut n = 0;
     let first = loop {
@@ -272,13 +272,12 @@ async fn diff_with(c: &mut Client, side: &str, key: &str, within: Duration) -> b
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_is_one_state_across_nodes() {
-    let redis = Redis::start().await;
+async fn presence_is_one_state_across_nodes(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
     let (a, b, c) = (
-        node(&redis, "a").await,
-        node(&redis, "b").await,
-        node(&redis, "c").await,
+        node(&engine, "a").await,
+        node(&engine, "b").await,
+        node(&engine, "c").await,
     );
     // No wait for heartbeats: a node asks whoever follows the topic, heard from or not.
     let topic = "realtime:lobby";
@@ -317,11 +316,10 @@ async fn presence_is_one_state_across_nodes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_of_a_killed_node_leaves_every_other_node_within_6_s() {
-    let redis = Redis::start().await;
-    let a = node(&redis, "a").await;
-    let mut b = node(&redis, "b").await;
+async fn presence_of_a_killed_node_leaves_every_other_node_within_6_s(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let a = node(&engine, "a").await;
+    let mut b = node(&engine, "b").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let topic = "realtime:crash";
     let (mut alice, _, _) = presence_member(&a, topic, "alice").await;
@@ -338,10 +336,9 @@ async fn presence_of_a_killed_node_leaves_every_other_node_within_6_s() {
     eprintln!("presence of the killed node left after {:?}", killed.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_converges_after_the_engine_restarts() {
-    let mut redis = Redis::start().await;
-    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+async fn presence_converges_after_the_engine_restarts(kind: Kind) {
+    let mut engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let topic = "realtime:outage";
     let (mut alice, alice_ref, _) = presence_member(&a, topic, "alice").await;
@@ -350,10 +347,10 @@ async fn presence_converges_after_the_engine_restarts() {
     track(&mut bob, &bob_ref, topic, json!({})).await;
     assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await);
 
-    redis.kill().await;
+    engine.kill().await;
     // Cut off, each node keeps its own members and lets the other's go.
     assert!(diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6)).await);
-    redis.start_again().await;
+    engine.start_again().await;
     let back = tokio::time::Instant::now();
     assert!(
         diff_with(&mut alice, "joins", "bob", Duration::from_secs(15)).await,
@@ -364,3 +361,15 @@ async fn presence_converges_after_the_engine_restarts() {
     let (_late, _, state) = presence_member(&b, topic, "late").await;
     assert_eq!(state, ["alice", "bob"]);
 }
+
+per_engine!(
+    broadcast_reaches_every_node_once_in_send_order,
+    self_true_and_ack_work_as_on_one_node,
+    binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding,
+    rest_broadcasts_reach_members_on_other_nodes,
+    a_node_subscribes_to_a_topic_only_while_it_has_members,
+    broadcast_crosses_again_after_the_engine_restarts,
+    presence_is_one_state_across_nodes,
+    presence_of_a_killed_node_leaves_every_other_node_within_6_s,
+    presence_converges_after_the_engine_restarts,
+);

@@ -2,17 +2,18 @@
 //! one node (the leader, by a PostgreSQL advisory lock), relayed to every node, each
 //! applying filters and RLS for its own subscribers; a leader killed with `kill -9` is
 //! replaced and no change is lost or delivered twice. Real processes: PostgreSQL 15,
-//! redis-server and two `realtime` nodes.
+//! redis-server or nats-server, and two `realtime` nodes; each test runs once per engine.
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::engine_server::{EngineServer, Kind};
 use common::pg::Pg;
-use common::redis_server::Redis;
 use common::*;
 use serde_json::{json, Value};
 
@@ -24,9 +25,9 @@ grant select on public.items to anon;
 create publication supabase_realtime for table public.items;
 "#;
 
-async fn node(redis: &Redis, pg: &Pg, name: &str) -> Server {
+async fn node(engine: &EngineServer, pg: &Pg, name: &str) -> Server {
     Server::start_with(&[
-        ("CLUSTER_URL", &redis.url()),
+        ("CLUSTER_URL", &engine.url()),
         ("NODE_ID", name),
         ("DATABASE_URL", &pg.url()),
         ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
@@ -42,14 +43,14 @@ async fn leads(s: &Server) -> bool {
 }
 
 /// Two nodes, the first holding the replication lease before the second starts.
-async fn leader_then_follower(redis: &Redis, pg: &Pg) -> (Server, Server) {
-    let first = node(redis, pg, "first").await;
+async fn leader_then_follower(engine: &EngineServer, pg: &Pg) -> (Server, Server) {
+    let first = node(engine, pg, "first").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !leads(&first).await {
         assert!(tokio::time::Instant::now() < deadline, "no leader within 10 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (first, node(redis, pg, "second").await)
+    (first, node(engine, pg, "second").await)
 }
 
 /// A connection subscribed to the inserts of `public.items`, once Postgres Changes say
@@ -82,12 +83,11 @@ async fn ids(c: &mut Client, n: usize, within: Duration) -> Vec<i64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn row_changes_reach_every_node_from_one_stream() {
+async fn row_changes_reach_every_node_from_one_stream(kind: Kind) {
     let pg = Pg::start();
     pg.exec(SCHEMA).await;
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis, &pg, "a").await, node(&redis, &pg, "b").await);
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, &pg, "a").await, node(&engine, &pg, "b").await);
     let (mut on_a, mut on_b) = (watcher(&a).await, watcher(&b).await);
     assert_eq!(
         u8::from(leads(&a).await) + u8::from(leads(&b).await),
@@ -132,12 +132,11 @@ async fn row_changes_reach_every_node_from_one_stream() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled() {
+async fn a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled(kind: Kind) {
     let pg = Pg::start();
     pg.exec(SCHEMA).await;
-    let redis = Redis::start().await;
-    let (mut first, second) = leader_then_follower(&redis, &pg).await;
+    let engine = EngineServer::start(kind).await;
+    let (mut first, second) = leader_then_follower(&engine, &pg).await;
     let mut on_second = watcher(&second).await;
     assert!(!leads(&second).await);
 
@@ -182,12 +181,11 @@ async fn a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled() {
     on_second.expect_silence(Duration::from_millis(500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_transaction_in_flight_when_the_leader_dies_arrives_once() {
+async fn a_transaction_in_flight_when_the_leader_dies_arrives_once(kind: Kind) {
     let pg = Pg::start();
     pg.exec(SCHEMA).await;
-    let redis = Redis::start().await;
-    let (mut first, second) = leader_then_follower(&redis, &pg).await;
+    let engine = EngineServer::start(kind).await;
+    let (mut first, second) = leader_then_follower(&engine, &pg).await;
     // A fraction of the rows, so the client keeps up while the nodes work through them.
     let mut c = second.connect("1.0.0").await;
     let bindings = json!([{"event": "INSERT", "schema": "public", "table": "items", "filter": "body=eq.hit"}]);
@@ -225,3 +223,9 @@ async fn a_transaction_in_flight_when_the_leader_dies_arrives_once() {
         "every matching row arrives"
     );
 }
+
+per_engine!(
+    row_changes_reach_every_node_from_one_stream,
+    a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled,
+    a_transaction_in_flight_when_the_leader_dies_arrives_once,
+);

@@ -1,4 +1,4 @@
-//! What a cluster broker needs from the engine that links the nodes (Redis today): publish
+//! What a cluster broker needs from the engine that links the nodes (Redis or NATS): publish
 //! bytes on a channel without waiting, subscriptions the engine confirms, and the
 //! messages of the subscribed channels (handed over at construction).
 
@@ -24,8 +24,9 @@ pub trait Engine: Send + Sync {
     fn publish(&self, channel: String, payload: Bytes) -> bool;
 
     /// Publishes `payload` on `channel` (in order with [`Engine::publish`]) and tells how
-    /// many subscribers received it; the receiver is dropped when the engine is away.
-    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<usize>;
+    /// many subscribers received it, or `None` once sent when the engine cannot count them
+    /// (NATS); the receiver is dropped when the engine is away.
+    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>>;
 
     /// Subscribes to `channel` (idempotent); the receiver completes once the engine has
     /// confirmed it (dropped unanswered when the link is gone).
@@ -34,9 +35,12 @@ pub trait Engine: Send + Sync {
     /// Unsubscribes from `channel`.
     fn unsubscribe(&self, channel: &str);
 
+    /// [`Engine::publish_counted`] answers with a count.
+    fn counts_receivers(&self) -> bool;
+
     /// The subscription link is up.
     fn connected(&self) -> bool;
 
-    /// Short name for logs and `/api/health` (`redis`).
+    /// Short name for logs and `/api/health` (`redis`, `nats`).
     fn name(&self) -> &'static str;
 }

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod envelope;
 pub mod leader;
 pub mod liveness;
+pub mod nats;
 pub mod redis;
 pub mod rows;
 
@@ -66,7 +67,7 @@ const SYNC_WAIT: Duration = Duration::from_secs(1);
 /// Cluster settings (`CLUSTER_URL`, `NODE_ID`, `CLUSTER_NAMESPACE`).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `redis://host:port[/db]` or `rediss://…`.
+    /// `redis://host:port[/db]`, `rediss://…` or `nats://host:port`.
     pub url: String,
     /// This node's name in logs and `/api/health`.
     pub node_id: String,
@@ -134,6 +135,8 @@ pub struct ClusterBroker {
     relations: Mutex<AHashMap<u32, Arc<realtime_wal::change::Relation>>>,
     /// When the leader last said how its streams are.
     leader_heard: Mutex<Option<tokio::time::Instant>>,
+    /// When this node joined the cluster (other nodes are known after their heartbeats).
+    started: tokio::time::Instant,
 }
 
 /// Starts a clustered node's broker over `local` (this node's delivery); `origin` is this
@@ -149,10 +152,13 @@ pub fn start(
             let (redis, incoming) = redis::Redis::start(&settings.url)?;
             (Arc::new(redis), incoming)
         }
-        Some(("nats", _)) => return Err("CLUSTER_URL: nats:// is not supported yet; use redis://".into()),
+        Some(("nats", _)) => {
+            let (nats, incoming) = nats::Nats::start(&settings.url)?;
+            (Arc::new(nats), incoming)
+        }
         _ => {
             return Err(format!(
-                "CLUSTER_URL: expected redis://… or rediss://…, got {:?}",
+                "CLUSTER_URL: expected redis://…, rediss://… or nats://…, got {:?}",
                 settings.url
             ))
         }
@@ -176,6 +182,7 @@ pub fn start(
         relay,
         relations: Mutex::new(AHashMap::new()),
         leader_heard: Mutex::new(None),
+        started: tokio::time::Instant::now(),
     });
     info!(node_id = %broker.node_id, engine = broker.engine.name(), namespace = %broker.namespace, "cluster mode");
     drop(broker.engine.subscribe(&broker.nodes_channel()));
@@ -514,9 +521,15 @@ impl ClusterBroker {
         });
     }
 
-    /// A node starting to follow `key` asks every node on it for its presence and waits
+    /// A node starting to follow `key` asks the other nodes for their presence and waits
     /// (at most [`SYNC_WAIT`]) until each has answered, so the first member's
     /// `presence_state` is complete.
+    ///
+    /// Redis counts the nodes that received the request on the topic's channel: exactly
+    /// those that answer. NATS cannot count, so there the request goes on the nodes'
+    /// channel, every node answers (an empty state when it does not follow the topic), and
+    /// the wait is for every node known alive; in the first heartbeats after start, when
+    /// not every node may be known yet, it waits out the window instead.
     async fn sync_on_first_join(&self, key: &TopicKey) {
         let (count, mut counted) = watch::channel(0);
         crate::sync::lock(&self.syncs, "cluster syncs").insert(
@@ -526,21 +539,32 @@ impl ClusterBroker {
                 count,
             },
         );
-        let receivers = match envelope::encode_sync_request(self.origin, key, None) {
-            Some(bytes) => tokio::time::timeout(SYNC_WAIT, self.engine.publish_counted(&self.channel(key), bytes))
-                .await
-                .ok()
-                .and_then(Result::ok),
+        let expected = match envelope::encode_sync_request(self.origin, key, None) {
+            Some(bytes) => {
+                let (channel, counting) = match self.engine.counts_receivers() {
+                    true => (self.channel(key), true),
+                    false => (self.nodes_channel(), false),
+                };
+                let sent = tokio::time::timeout(SYNC_WAIT, self.engine.publish_counted(&channel, bytes)).await;
+                match sent {
+                    // Every receiver but this node answers.
+                    Ok(Ok(Some(receivers))) => Some(receivers.saturating_sub(1)),
+                    Ok(Ok(None)) if !counting => {
+                        let known = self.live_nodes();
+                        match self.started.elapsed() < liveness::HEARTBEAT * 2 {
+                            // Nodes not heard from yet may answer: wait out the window.
+                            true => Some(usize::MAX),
+                            false => Some(known),
+                        }
+                    }
+                    _ => None,
+                }
+            }
             None => None,
         };
-        // Every subscriber of the channel but this node answers.
-        if let Some(receivers) = receivers {
-            let others = receivers.saturating_sub(1);
-            if others > 0
-                && tokio::time::timeout(SYNC_WAIT, counted.wait_for(|n| *n >= others))
-                    .await
-                    .is_err()
-            {
+        if let Some(others) = expected.filter(|n| *n > 0) {
+            let answered = tokio::time::timeout(SYNC_WAIT, counted.wait_for(|n| *n >= others)).await;
+            if answered.is_err() && others != usize::MAX {
                 warn!(topic = %key.topic, expected = others, "cluster: not every node sent its presence in time; the rest arrives as diffs");
             }
         }
@@ -596,19 +620,18 @@ impl Broker for Clustered {
         Box::pin(async move {
             let broker = &self.0;
             let (confirmed, first) = broker.want(key);
-            // Not yet a member: if the join goes no further, the subscription is dropped
-            // after the delay like any idle one.
-            if broker.registry.subscriber_count(key) == 0 {
-                broker.schedule_unsubscribe(key);
-            }
             if tokio::time::timeout(SUBSCRIBE_WAIT, confirmed).await.is_err() {
                 warn!(topic = %key.topic, "cluster engine did not confirm the subscription in time: joining with this node's messages only");
-                return;
-            }
-            // Asked even when no other node was heard from yet (they may have started a
-            // moment ago): PUBLISH's receiver count says how many answers to expect.
-            if first && broker.presence.get().is_some() {
+            } else if first && broker.presence.get().is_some() {
+                // Asked even when no other node was heard from yet (they may have started
+                // a moment ago): see `sync_on_first_join` for how many answers to expect.
                 broker.sync_on_first_join(key).await;
+            }
+            // Not yet a member: if the join goes no further, the subscription is dropped
+            // after the delay like any idle one. Counted from here, not from the start of
+            // the join, so a slow sync does not drop the state it just gathered.
+            if broker.registry.subscriber_count(key) == 0 {
+                broker.schedule_unsubscribe(key);
             }
         })
     }

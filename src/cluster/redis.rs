@@ -33,7 +33,7 @@ enum Control {
 }
 
 /// A message to publish; with a sender, the number of receivers is wanted.
-type Outgoing = (String, Bytes, Option<oneshot::Sender<usize>>);
+type Outgoing = (String, Bytes, Option<oneshot::Sender<Option<usize>>>);
 
 /// A link to one Redis server.
 pub struct Redis {
@@ -70,7 +70,7 @@ impl Engine for Redis {
         self.publish.try_send((channel, payload, None)).is_ok()
     }
 
-    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<usize> {
+    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>> {
         let (count, counted) = oneshot::channel();
         // A full queue drops the sender: the caller sees "no answer".
         let _ = self.publish.try_send((channel.to_owned(), payload, Some(count)));
@@ -87,6 +87,10 @@ impl Engine for Redis {
 
     fn unsubscribe(&self, channel: &str) {
         let _ = self.control.send(Control::Unsubscribe(channel.to_owned()));
+    }
+
+    fn counts_receivers(&self) -> bool {
+        true
     }
 
     fn connected(&self) -> bool {
@@ -144,7 +148,7 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>) {
             match pipe.query_async::<Vec<usize>>(c).await {
                 Ok(receivers) => {
                     for (count, n) in counts.into_iter().zip(receivers) {
-                        let _ = count.send(n);
+                        let _ = count.send(Some(n));
                     }
                     crate::observability::metrics::cluster_published(n);
                 }

@@ -3,6 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod pg;
+#[macro_use]
+pub mod engine_server;
+pub mod nats_server;
 pub mod redis_server;
 
 use std::process::Stdio;

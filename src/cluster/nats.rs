@@ -1,0 +1,290 @@
+//! The NATS engine: core publish/subscribe (at most once, like Redis pub/sub) through one
+//! `async-nats` client, which reconnects and resubscribes by itself. Channel names become
+//! subjects by escaping every byte NATS gives a meaning to (`.`, `*`, `>`, whitespace), so
+//! any topic name maps to one subject and back to no other.
+//!
+//! NATS does not tell how many subscribers a message reached, so
+//! [`Engine::publish_counted`] answers `None` and the broker bounds its waits otherwise.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
+use async_nats::{Client, ConnectOptions, Event};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use super::engine::{Engine, Incoming};
+
+/// Messages waiting to be published; beyond this they are dropped (and counted).
+const PUBLISH_QUEUE: usize = 65_536;
+/// Received messages waiting for local delivery.
+const INCOMING_QUEUE: usize = 65_536;
+/// Messages the client buffers per subscription before it reports a slow consumer.
+const SUBSCRIPTION_BUFFER: usize = 65_536;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+enum Control {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+type Outgoing = (String, Bytes, Option<oneshot::Sender<Option<usize>>>);
+
+/// A link to a NATS server.
+pub struct Nats {
+    publish: mpsc::Sender<Outgoing>,
+    control: mpsc::UnboundedSender<Control>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Nats {
+    /// Starts the link to `url` (`nats://host:port`); the messages of subscribed channels
+    /// arrive on the returned receiver. A server that is down at start is retried in the
+    /// background, like a lost one.
+    pub fn start(url: &str) -> Result<(Nats, mpsc::Receiver<Incoming>), String> {
+        let address: async_nats::ServerAddr = url.parse().map_err(|e| format!("CLUSTER_URL: {e}"))?;
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(address, publish_rx, control_rx, incoming, connected.clone()));
+        Ok((
+            Nats {
+                publish,
+                control,
+                connected,
+            },
+            incoming_rx,
+        ))
+    }
+}
+
+impl Engine for Nats {
+    fn publish(&self, channel: String, payload: Bytes) -> bool {
+        self.publish.try_send((channel, payload, None)).is_ok()
+    }
+
+    fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>> {
+        let (count, counted) = oneshot::channel();
+        let _ = self.publish.try_send((channel.to_owned(), payload, Some(count)));
+        counted
+    }
+
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
+        let (done, confirmed) = oneshot::channel();
+        let _ = self.control.send(Control::Subscribe(channel.to_owned(), done));
+        confirmed
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        let _ = self.control.send(Control::Unsubscribe(channel.to_owned()));
+    }
+
+    fn counts_receivers(&self) -> bool {
+        false
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+}
+
+/// `channel` as a NATS subject: bytes outside `[A-Za-z0-9_:-]` become `%XX` (so `%` is
+/// escaped too and no two channels share a subject).
+pub fn subject(channel: &str) -> String {
+    let mut out = String::with_capacity(channel.len() + 8);
+    for b in channel.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Connects, then serves publishing and subscription changes until the server stops.
+async fn run(
+    address: async_nats::ServerAddr,
+    publish: mpsc::Receiver<Outgoing>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    incoming: mpsc::Sender<Incoming>,
+    connected: Arc<AtomicBool>,
+) {
+    let events = incoming.clone();
+    let flag = connected.clone();
+    let ever_connected = Arc::new(AtomicBool::new(false));
+    let options = ConnectOptions::new()
+        .name("realtime-rs")
+        .retry_on_initial_connect()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .subscription_capacity(SUBSCRIPTION_BUFFER)
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| match attempts {
+            // The first attempt (at start or right after a loss) goes at once.
+            0 | 1 => Duration::ZERO,
+            n => (Duration::from_millis(50) * 2u32.saturating_pow(n.min(8) as u32)).min(MAX_BACKOFF),
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            let flag = flag.clone();
+            let ever = ever_connected.clone();
+            async move { on_event(event, &events, &flag, &ever).await }
+        });
+    let client = match options.connect(address).await {
+        Ok(client) => client,
+        Err(e) => {
+            // Only a malformed option gets here (the first connection is retried).
+            warn!(error = %e, "cluster engine: NATS client could not start; this node runs alone");
+            return;
+        }
+    };
+    tokio::spawn(publisher(client.clone(), publish, connected.clone()));
+    // NATS acknowledges nothing, but serves each connection's commands in order: once a
+    // probe published after a SUB comes back, the server has the SUB.
+    let probe_subject = client.new_inbox();
+    let mut probes = match client.subscribe(probe_subject.clone()).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            warn!(error = %e, "cluster engine: NATS client stopped; this node runs alone");
+            return;
+        }
+    };
+    let mut confirming: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+    let mut subscriptions: AHashMap<String, AbortHandle> = AHashMap::new();
+    loop {
+        tokio::select! {
+            cmd = control.recv() => match cmd {
+                None => return,
+                Some(Control::Subscribe(channel, done)) => {
+                    if !subscriptions.contains_key(&channel) {
+                        match client.subscribe(subject(&channel)).await {
+                            Ok(sub) => {
+                                let task = tokio::spawn(forward(sub, incoming.clone()));
+                                subscriptions.insert(channel, task.abort_handle());
+                            }
+                            Err(e) => {
+                                // Unconfirmed: the broker goes on without, as with a lost link.
+                                warn!(error = %e, %channel, "cluster engine: NATS subscribe failed");
+                                continue;
+                            }
+                        }
+                    }
+                    if client.publish(probe_subject.clone(), Bytes::new()).await.is_ok() {
+                        confirming.push_back(done);
+                    }
+                }
+                Some(Control::Unsubscribe(channel)) => {
+                    // Dropping the subscriber (with its task) unsubscribes.
+                    if let Some(task) = subscriptions.remove(&channel) {
+                        task.abort();
+                    }
+                }
+            },
+            probe = probes.next() => match probe {
+                Some(_) => {
+                    if let Some(done) = confirming.pop_front() {
+                        let _ = done.send(());
+                    }
+                }
+                None => return,
+            },
+        }
+        // Probes lost with a connection never come back: their subscriptions count as
+        // unconfirmed (the client subscribes them again on reconnect).
+        if !connected.load(Ordering::Relaxed) {
+            confirming.clear();
+        }
+    }
+}
+
+async fn on_event(event: Event, incoming: &mpsc::Sender<Incoming>, connected: &AtomicBool, ever: &AtomicBool) {
+    match event {
+        Event::Connected => {
+            connected.store(true, Ordering::Relaxed);
+            if ever.swap(true, Ordering::Relaxed) {
+                // The client has sent every subscription again: what was published while
+                // away is lost, so the broker exchanges state again.
+                info!("cluster engine: back; topics subscribed again");
+                let _ = incoming.send(Incoming::Resubscribed).await;
+            } else {
+                info!("cluster engine connected");
+            }
+        }
+        Event::Disconnected => {
+            connected.store(false, Ordering::Relaxed);
+            warn!("cluster engine: NATS link lost; each node serves its own members until it is back");
+        }
+        Event::SlowConsumer(sid) => {
+            warn!(sid, "cluster engine: NATS dropped messages for a slow subscription");
+        }
+        other => debug!(event = %other, "cluster engine: NATS event"),
+    }
+}
+
+/// Publishes queued messages in order. While the link is down, messages are dropped at
+/// once rather than piling up in the client and arriving late.
+async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connected: Arc<AtomicBool>) {
+    let mut batch = Vec::with_capacity(512);
+    while queue.recv_many(&mut batch, 512).await > 0 {
+        let n = batch.len();
+        if !connected.load(Ordering::Relaxed) {
+            crate::observability::metrics::cluster_dropped(n);
+            batch.clear();
+            continue;
+        }
+        let mut sent = 0;
+        for (channel, payload, count) in batch.drain(..) {
+            match client.publish(subject(&channel), payload).await {
+                Ok(()) => {
+                    sent += 1;
+                    if let Some(count) = count {
+                        let _ = count.send(None);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, %channel, "cluster engine: NATS publish failed");
+                    crate::observability::metrics::cluster_dropped(1);
+                }
+            }
+        }
+        crate::observability::metrics::cluster_published(sent);
+    }
+}
+
+/// Hands a subscription's messages to the broker.
+async fn forward(mut sub: async_nats::Subscriber, incoming: mpsc::Sender<Incoming>) {
+    while let Some(msg) = sub.next().await {
+        crate::observability::metrics::cluster_received(1);
+        if incoming.send(Incoming::Message(msg.payload)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject;
+
+    #[test]
+    fn subjects_escape_what_nats_reads_as_syntax() {
+        assert_eq!(subject("realtime:topic:public:room-1"), "realtime:topic:public:room-1");
+        assert_eq!(subject("ns:topic:public:a.b *>"), "ns:topic:public:a%2Eb%20%2A%3E");
+        // `%` itself is escaped, so an escaped-looking name does not collide.
+        assert_ne!(subject("x:a%2Eb"), subject("x:a.b"));
+        assert_eq!(subject("x:é"), "x:%C3%A9");
+    }
+}
