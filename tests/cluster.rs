@@ -97,6 +97,31 @@ async fn self_true_and_ack_work_as_on_one_node(kind: Kind) {
     on_b.expect_silence(Duration::from_millis(300)).await;
 }
 
+async fn ack_is_replied_once_the_engine_has_the_message(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
+    let topic = "realtime:acked";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
+    let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
+
+    // A frozen engine keeps its connections but takes nothing: no ack meanwhile.
+    engine.pause();
+    sender
+        .push(Some(&sender_ref), Some("7"), topic, "broadcast", payload)
+        .await;
+    let early = sender.recv_within(Duration::from_millis(800)).await;
+    engine.resume();
+    assert!(
+        early.is_none(),
+        "ack replied before the engine had the message: {early:?}"
+    );
+    let reply = sender.recv().await;
+    assert_eq!(reply.event(), "phx_reply");
+    assert_eq!(reply.payload()["status"], "ok");
+    assert_eq!(received_ns(&mut on_b, 1).await, [1]);
+}
+
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
@@ -363,6 +388,7 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 }
 
 per_engine!(
+    ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,
     self_true_and_ack_work_as_on_one_node,
     binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding,

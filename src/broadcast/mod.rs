@@ -71,5 +71,10 @@ pub async fn from_client(
         return persist::from_client(app, sender, msg, p).await;
     }
     app.publish.broadcast(sender.key, &msg, sender.exclude());
-    sender.settings.ack.then(|| (Status::Ok, "{}".to_owned()))
+    if !sender.settings.ack {
+        return None;
+    }
+    // In a cluster the ack means the other nodes can have it: the engine took it.
+    app.publish.handed_over().await;
+    Some((Status::Ok, "{}".to_owned()))
 }

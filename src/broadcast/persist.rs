@@ -183,10 +183,11 @@ pub async fn from_client(app: &App, sender: Sender<'_>, msg: BroadcastMessage, p
         .publish
         .stored(sender.key, &content.live(&id), &id, sender.exclude());
     debug!(%topic, %id, delivered = n, ?ttl, "persisted broadcast stored and delivered");
-    sender
-        .settings
-        .ack
-        .then(|| (Status::Ok, serde_json::json!({ "id": id }).to_string()))
+    if !sender.settings.ack {
+        return None;
+    }
+    app.publish.handed_over().await;
+    Some((Status::Ok, serde_json::json!({ "id": id }).to_string()))
 }
 
 #[cfg(test)]

@@ -15,6 +15,16 @@ pub enum Incoming {
     Resubscribed,
 }
 
+/// What an engine's publishing task takes, in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A message for a channel; with a sender, the number of receivers is wanted.
+    Publish(String, Bytes, Option<oneshot::Sender<Option<usize>>>),
+    /// Answered once everything queued before it is with the engine; dropped if it could
+    /// not be delivered there.
+    Barrier(oneshot::Sender<()>),
+}
+
 /// A link to the engine. Implementations reconnect on their own and resubscribe what is
 /// subscribed; while the engine is away, publishing drops messages (each node keeps
 /// serving its own members) and the state is visible through [`Engine::connected`].
@@ -27,6 +37,11 @@ pub trait Engine: Send + Sync {
     /// many subscribers received it, or `None` once sent when the engine cannot count them
     /// (NATS); the receiver is dropped when the engine is away.
     fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>>;
+
+    /// Completes once every message published before it is with the engine (Redis
+    /// answered the PUBLISH; NATS echoed a probe sent after them); the receiver is dropped
+    /// when they could not be handed over.
+    fn handed_over(&self) -> oneshot::Receiver<()>;
 
     /// Subscribes to `channel` (idempotent); the receiver completes once the engine has
     /// confirmed it (dropped unanswered when the link is gone).

@@ -607,6 +607,20 @@ impl Broker for Clustered {
         })
     }
 
+    fn handed_over(&self) -> Delivery<'_> {
+        Box::pin(async move {
+            let broker = &self.0;
+            if !broker.engine.connected() {
+                return;
+            }
+            match tokio::time::timeout(SUBSCRIBE_WAIT, broker.engine.handed_over()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => debug!("cluster: messages not handed to the engine; acknowledged as delivered here"),
+                Err(_) => warn!("cluster engine did not take messages in time; acknowledged as delivered here"),
+            }
+        })
+    }
+
     fn replicates_presence(&self) -> bool {
         true
     }

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, Incoming};
+use super::engine::{Engine, Incoming, Outgoing};
 
 /// Messages waiting to be published; beyond this they are dropped (and counted).
 const PUBLISH_QUEUE: usize = 65_536;
@@ -36,8 +36,6 @@ enum Control {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
 }
-
-type Outgoing = (String, Bytes, Option<oneshot::Sender<Option<usize>>>);
 
 /// A link to a NATS server.
 pub struct Nats {
@@ -70,13 +68,21 @@ impl Nats {
 
 impl Engine for Nats {
     fn publish(&self, channel: String, payload: Bytes) -> bool {
-        self.publish.try_send((channel, payload, None)).is_ok()
+        self.publish.try_send(Outgoing::Publish(channel, payload, None)).is_ok()
     }
 
     fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>> {
         let (count, counted) = oneshot::channel();
-        let _ = self.publish.try_send((channel.to_owned(), payload, Some(count)));
+        let _ = self
+            .publish
+            .try_send(Outgoing::Publish(channel.to_owned(), payload, Some(count)));
         counted
+    }
+
+    fn handed_over(&self) -> oneshot::Receiver<()> {
+        let (done, handed) = oneshot::channel();
+        let _ = self.publish.try_send(Outgoing::Barrier(done));
+        handed
     }
 
     fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
@@ -235,34 +241,80 @@ async fn on_event(event: Event, incoming: &mpsc::Sender<Incoming>, connected: &A
     }
 }
 
-/// Publishes queued messages in order. While the link is down, messages are dropped at
-/// once rather than piling up in the client and arriving late.
+/// Publishes queued messages in order. While the link is down, messages are dropped (after
+/// a wait as long as a connection attempt) rather than piling up in the client and
+/// arriving late. A barrier is answered when
+/// a probe published after everything before it comes back from the server (which serves
+/// a connection's messages in order).
 async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connected: Arc<AtomicBool>) {
+    let mut probe_subject = client.new_inbox();
+    let mut probes = match client.subscribe(probe_subject.clone()).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            warn!(error = %e, "cluster engine: NATS client stopped; nothing is published");
+            return;
+        }
+    };
     let mut batch = Vec::with_capacity(512);
     while queue.recv_many(&mut batch, 512).await > 0 {
-        let n = batch.len();
-        if !connected.load(Ordering::Relaxed) {
-            crate::observability::metrics::cluster_dropped(n);
+        if !connected.load(Ordering::Relaxed) && !reconnected(&connected).await {
+            let messages = batch.iter().filter(|o| matches!(o, Outgoing::Publish(..))).count();
+            crate::observability::metrics::cluster_dropped(messages);
             batch.clear();
             continue;
         }
         let mut sent = 0;
-        for (channel, payload, count) in batch.drain(..) {
-            match client.publish(subject(&channel), payload).await {
-                Ok(()) => {
-                    sent += 1;
-                    if let Some(count) = count {
-                        let _ = count.send(None);
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Publish(channel, payload, count) => match client.publish(subject(&channel), payload).await {
+                    Ok(()) => {
+                        sent += 1;
+                        if let Some(count) = count {
+                            let _ = count.send(None);
+                        }
                     }
-                }
-                Err(e) => {
-                    debug!(error = %e, %channel, "cluster engine: NATS publish failed");
-                    crate::observability::metrics::cluster_dropped(1);
+                    Err(e) => {
+                        debug!(error = %e, %channel, "cluster engine: NATS publish failed");
+                        crate::observability::metrics::cluster_dropped(1);
+                    }
+                },
+                Outgoing::Barrier(done) => {
+                    if client.publish(probe_subject.clone(), Bytes::new()).await.is_err() {
+                        continue;
+                    }
+                    match tokio::time::timeout(CONNECT_TIMEOUT, probes.next()).await {
+                        Ok(Some(_)) => {
+                            let _ = done.send(());
+                        }
+                        // A probe lost with the connection: later ones must not be
+                        // mistaken for it, so start over on a fresh inbox.
+                        _ => {
+                            warn!("cluster engine: NATS did not echo a probe in time");
+                            let fresh_subject = client.new_inbox();
+                            if let Ok(fresh) = client.subscribe(fresh_subject.clone()).await {
+                                probes = fresh;
+                                probe_subject = fresh_subject;
+                            }
+                        }
+                    }
                 }
             }
         }
         crate::observability::metrics::cluster_published(sent);
     }
+}
+
+/// Waits (at most [`CONNECT_TIMEOUT`], like a Redis connection attempt) for the link to be
+/// up; true when it is.
+async fn reconnected(connected: &AtomicBool) -> bool {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if connected.load(Ordering::Relaxed) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Hands a subscription's messages to the broker.

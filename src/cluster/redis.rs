@@ -14,7 +14,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, Incoming};
+use super::engine::{Engine, Incoming, Outgoing};
 
 /// Messages waiting to be published; beyond this they are dropped (and counted).
 const PUBLISH_QUEUE: usize = 65_536;
@@ -24,6 +24,8 @@ const PIPELINE: usize = 512;
 const INCOMING_QUEUE: usize = 65_536;
 /// A connection attempt that takes longer has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A pipeline not answered within this is lost (and the connection made again).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -31,9 +33,6 @@ enum Control {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
 }
-
-/// A message to publish; with a sender, the number of receivers is wanted.
-type Outgoing = (String, Bytes, Option<oneshot::Sender<Option<usize>>>);
 
 /// A link to one Redis server.
 pub struct Redis {
@@ -67,14 +66,22 @@ impl Redis {
 
 impl Engine for Redis {
     fn publish(&self, channel: String, payload: Bytes) -> bool {
-        self.publish.try_send((channel, payload, None)).is_ok()
+        self.publish.try_send(Outgoing::Publish(channel, payload, None)).is_ok()
     }
 
     fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>> {
         let (count, counted) = oneshot::channel();
         // A full queue drops the sender: the caller sees "no answer".
-        let _ = self.publish.try_send((channel.to_owned(), payload, Some(count)));
+        let _ = self
+            .publish
+            .try_send(Outgoing::Publish(channel.to_owned(), payload, Some(count)));
         counted
+    }
+
+    fn handed_over(&self) -> oneshot::Receiver<()> {
+        let (done, handed) = oneshot::channel();
+        let _ = self.publish.try_send(Outgoing::Barrier(done));
+        handed
     }
 
     fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
@@ -132,23 +139,42 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>) {
                 }
             }
         }
-        let n = batch.len();
         let mut pipe = redis::pipe();
         let mut counts = Vec::new();
-        for (channel, payload, count) in batch.drain(..) {
-            pipe.publish(channel, payload.as_ref());
-            match count {
-                Some(count) => counts.push(count),
-                None => {
-                    pipe.ignore();
+        let mut barriers = Vec::new();
+        let mut n = 0;
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Publish(channel, payload, count) => {
+                    n += 1;
+                    pipe.publish(channel, payload.as_ref());
+                    match count {
+                        Some(count) => counts.push(count),
+                        None => {
+                            pipe.ignore();
+                        }
+                    }
                 }
+                Outgoing::Barrier(done) => barriers.push(done),
             }
         }
         if let Some(c) = conn.as_mut() {
+            // Only barriers: what came before them went in earlier pipelines, which Redis
+            // has answered (this task waits for each).
+            if n == 0 {
+                for done in barriers {
+                    let _ = done.send(());
+                }
+                continue;
+            }
             match pipe.query_async::<Vec<usize>>(c).await {
                 Ok(receivers) => {
                     for (count, n) in counts.into_iter().zip(receivers) {
                         let _ = count.send(Some(n));
+                    }
+                    // Answered only now: everything before them is with Redis.
+                    for done in barriers {
+                        let _ = done.send(());
                     }
                     crate::observability::metrics::cluster_published(n);
                 }
@@ -165,7 +191,12 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>) {
 
 async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(mut c)) => {
+            // The client's default (500 ms) would drop a pipeline over a short stall of
+            // Redis (a fork for a snapshot, a slow command): wait as long as for a connection.
+            c.set_response_timeout(RESPONSE_TIMEOUT);
+            Ok(c)
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connection timed out".into()),
     }

@@ -68,6 +68,12 @@ pub trait Broker: Send + Sync {
         Box::pin(std::future::ready(()))
     }
 
+    /// Completes once what was published so far has left this node (a cluster broker: is
+    /// with the engine, or could not be handed over in time). Awaited before an `ack`.
+    fn handed_over(&self) -> Delivery<'_> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// This node's presence changes of a topic since it last handed them over, for the
     /// other nodes (ignored on a single node).
     fn presence_changes(&self, _key: &TopicKey, _changes: &LocalChanges) {}

@@ -105,6 +105,12 @@ impl Publisher {
         self.count_events(delivered)
     }
 
+    /// Completes once what was published so far has left this node: in a cluster, once
+    /// the engine has it (bounded). Awaited before a broadcast's `ack` reply.
+    pub async fn handed_over(&self) {
+        self.broker.handed_over().await
+    }
+
     /// Publishes a message stored in `realtime.messages` as row `id` (a persisted client
     /// broadcast, or Broadcast from Database): channels that got it by replay at join are
     /// skipped.

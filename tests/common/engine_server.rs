@@ -46,6 +46,30 @@ impl EngineServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is served.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = match self {
+            EngineServer::Redis(r) => r.pid(),
+            EngineServer::Nats(n) => n.pid(),
+        }
+        .expect("the engine runs");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Number of nodes subscribed to an engine channel.
     pub async fn subscribers(&self, channel: &str) -> i64 {
         match self {

@@ -30,6 +30,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Kills the server (SIGKILL), as a crash or a network cut would.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
