@@ -27,6 +27,27 @@ async fn health(s: &Server) -> Option<bool> {
     v["cluster"]["engine_connected"].as_bool()
 }
 
+/// The value of `series` in the node's `/metrics`, once it satisfies `pred` (5 s at most).
+async fn metric_until(s: &Server, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = s.http("GET", "/metrics", &[], b"").await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+        if let Some(v) = value.filter(|v| pred(*v)) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached the expected value:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn member(server: &Server, vsn: &str, topic: &str, cfg: Value) -> (Client, String) {
     let mut c = server.connect(vsn).await;
     let join_ref = c.join(topic, config(cfg)).await;
@@ -120,6 +141,29 @@ async fn ack_is_replied_once_the_engine_has_the_message(kind: Kind) {
     assert_eq!(reply.event(), "phx_reply");
     assert_eq!(reply.payload()["status"], "ok");
     assert_eq!(received_ns(&mut on_b, 1).await, [1]);
+}
+
+async fn metrics_show_the_engine_link_its_round_trip_and_the_lease(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let (a, _b) = (node(&engine, "a").await, node(&engine, "b").await);
+    assert_eq!(
+        metric_until(&a, "realtime_cluster_engine_connected", |v| v == 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric_until(&a, "realtime_cluster_nodes_alive", |v| v == 2.0).await,
+        2.0
+    );
+    // No database: nobody leads.
+    assert_eq!(metric_until(&a, "realtime_cluster_leader", |_| true).await, 0.0);
+    let beats = metric_until(&a, "realtime_cluster_engine_roundtrip_seconds_count", |v| v >= 2.0).await;
+    let total = metric_until(&a, "realtime_cluster_engine_roundtrip_seconds_sum", |_| true).await;
+    let mean = total / beats;
+    assert!(mean > 0.0 && mean < 0.5, "engine round trip {mean} s on loopback");
+    eprintln!(
+        "{kind:?}: mean engine round trip {:.3} ms over {beats} heartbeats",
+        mean * 1e3
+    );
 }
 
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
@@ -388,6 +432,7 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 }
 
 per_engine!(
+    metrics_show_the_engine_link_its_round_trip_and_the_lease,
     ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,
     self_true_and_ack_work_as_on_one_node,

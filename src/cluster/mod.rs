@@ -227,9 +227,18 @@ async fn heartbeat(broker: Weak<ClusterBroker>) {
             return;
         };
         if beats.is_multiple_of(4) {
+            let sent = tokio::time::Instant::now();
             broker
                 .engine
                 .publish(broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
+            // The heartbeat doubles as the engine's round-trip probe; timed off this task
+            // so a stalled engine does not delay the next beat.
+            let handed = broker.engine.handed_over();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(liveness::NODE_TIMEOUT, handed).await {
+                    crate::observability::metrics::cluster_roundtrip(sent.elapsed());
+                }
+            });
         }
         beats += 1;
         broker.leader_tick(beats.is_multiple_of(4));

@@ -174,6 +174,12 @@ fn set_state_gauges(app: &App) {
     gauge!("realtime_postgres_changes_subscriptions").set(state::PG_SUBSCRIPTIONS.load(Ordering::Relaxed) as f64);
     gauge!("realtime_presence_keys").set(app.presence.key_count() as f64);
     gauge!("realtime_uptime_seconds").set(state::uptime_seconds() as f64);
+    if let Some(cluster) = &app.cluster {
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        gauge!("realtime_cluster_leader").set(flag(cluster.is_leader()));
+        gauge!("realtime_cluster_engine_connected").set(flag(cluster.engine_state().1));
+        gauge!("realtime_cluster_nodes_alive").set((cluster.live_nodes() + 1) as f64);
+    }
     if app.config.database_url.is_some() {
         for s in state::streams() {
             let up = s.state().ok();

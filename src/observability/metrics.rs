@@ -135,6 +135,20 @@ fn describe() {
         "Commit-to-delivery delay of the last transaction (0 when caught up), by stream."
     );
     describe_gauge!("realtime_uptime_seconds", Unit::Seconds, "Seconds since start.");
+    describe_gauge!(
+        "realtime_cluster_leader",
+        "1 when this node holds the replication lease (streams the database for the cluster)."
+    );
+    describe_gauge!(
+        "realtime_cluster_engine_connected",
+        "1 while this node's link to the cluster engine is up."
+    );
+    describe_gauge!("realtime_cluster_nodes_alive", "Nodes heard from, this one included.");
+    describe_histogram!(
+        "realtime_cluster_engine_roundtrip_seconds",
+        Unit::Seconds,
+        "Time for a heartbeat to be taken by the cluster engine (one round trip), every second."
+    );
 }
 
 const CLOSE_REASONS: [&str; 5] = ["peer", "dead", "idle", "slow", "shutdown"];
@@ -204,6 +218,7 @@ struct Handles {
     cluster_published: Counter,
     cluster_received: Counter,
     cluster_dropped: Counter,
+    cluster_roundtrip: Histogram,
 }
 
 impl Handles {
@@ -224,6 +239,7 @@ impl Handles {
             cluster_published: counter!("realtime_cluster_published_total"),
             cluster_received: counter!("realtime_cluster_received_total"),
             cluster_dropped: counter!("realtime_cluster_dropped_total"),
+            cluster_roundtrip: histogram!("realtime_cluster_engine_roundtrip_seconds"),
         }
     }
 }
@@ -236,6 +252,11 @@ pub fn cluster_published(n: usize) {
 /// `n` messages arrived from the cluster engine.
 pub fn cluster_received(n: usize) {
     H.cluster_received.increment(n as u64);
+}
+
+/// The engine took a message `took` after it was published.
+pub fn cluster_roundtrip(took: std::time::Duration) {
+    H.cluster_roundtrip.record(took.as_secs_f64());
 }
 
 /// `n` messages could not be handed to the cluster engine (queue full, engine away): other
