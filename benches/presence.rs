@@ -8,7 +8,12 @@
 //! every client re-tracks `{"n":1}` at once and the time until every client sees N keys
 //! with `n = 1` (and no stale meta).
 //!
-//! `cargo bench --bench presence -- [--clients N] [--vsn 2.0.0|1.0.0] [--timeout-secs 60]`
+//! With `--nodes K` (K ≥ 2) the same run goes to a cluster: an engine (`--engine redis`
+//! or `nats`) and K nodes, the clients spread over them round robin, so every view is
+//! converged only once presence has crossed the engine (issue 11: ≤ 2 s for 1,000 over 3).
+//!
+//! `cargo bench --bench presence -- [--clients N] [--vsn 2.0.0|1.0.0] [--timeout-secs 60]
+//! [--nodes K --engine redis|nats]`
 
 #[path = "loadgen/mod.rs"]
 mod loadgen;
@@ -187,13 +192,34 @@ async fn main() -> Res<()> {
     let n: usize = p.get("clients", 1000usize)?;
     let vsn: Vsn = p.get("vsn", Vsn::V2)?;
     let timeout = Duration::from_secs_f64(p.get("timeout-secs", 60.0)?);
-    let server = loadgen::start_realtime(&[]).await?;
+    let nodes_wanted: usize = p.get("nodes", 1usize)?;
+    let engine_name: String = p.get("engine", "redis".to_owned())?;
+    let (engine, servers) = if nodes_wanted > 1 {
+        let (engine, url) = loadgen::start_engine_named(&engine_name).await?;
+        let mut servers = Vec::new();
+        for i in 0..nodes_wanted {
+            let name = format!("node-{}", i + 1);
+            servers.push(loadgen::start_realtime(&[("CLUSTER_URL", &url), ("NODE_ID", &name)]).await?);
+        }
+        // Let the nodes hear each other before anyone joins.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (Some(engine), servers)
+    } else {
+        (None, vec![loadgen::start_realtime(&[]).await?])
+    };
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
     let key = loadgen::anon_key()?;
+    let layout = match engine {
+        Some(_) => format!("{} nodes on {engine_name}", servers.len()),
+        None => "one node".to_owned(),
+    };
     println!(
-        "presence: {n} clients on one topic, vsn {}, server pid {}",
+        "presence: {n} clients on one topic, vsn {}, {layout}, server pids {pids:?}",
         vsn.as_str(),
-        server.pid
     );
+    let server_cpu = || pids.iter().map(|p| loadgen::cpu_secs(*p)).sum::<f64>();
+    let server_rss = || pids.iter().map(|p| loadgen::rss_kb(*p)).sum::<u64>();
 
     // Connect everyone first (not timed).
     let mut set: JoinSet<Res<(usize, loadgen::Ws)>> = JoinSet::new();
@@ -201,7 +227,7 @@ async fn main() -> Res<()> {
     let mut next = 0;
     while sockets.len() < n {
         while next < n && set.len() < 64 {
-            let (key, i, port) = (key.clone(), next, server.port);
+            let (key, i, port) = (key.clone(), next, ports[next % ports.len()]);
             set.spawn(async move {
                 Ok((
                     i,
@@ -215,7 +241,7 @@ async fn main() -> Res<()> {
             None => break,
         }
     }
-    let rss_connected = server.rss_kb();
+    let rss_connected = server_rss();
 
     let shared = Arc::new(Shared {
         n,
@@ -227,14 +253,14 @@ async fn main() -> Res<()> {
     });
     let (phase_tx, phase_rx) = watch::channel(0i64);
     let me = std::process::id();
-    let cpu0 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let cpu0 = (server_cpu(), loadgen::cpu_secs(me));
     let t0 = Instant::now();
     for (i, ws) in sockets {
         tokio::spawn(client(i, ws, vsn, shared.clone(), phase_rx.clone()));
     }
     let join_secs = wait_phase(&shared, 0, t0, timeout).await;
     let frames_join = shared.frames.load(Ordering::Relaxed);
-    let cpu1 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let cpu1 = (server_cpu(), loadgen::cpu_secs(me));
     let t1 = Instant::now();
     let _ = phase_tx.send(1);
     let update_secs = if join_secs.is_some() {
@@ -243,9 +269,9 @@ async fn main() -> Res<()> {
         None
     };
     let frames_total = shared.frames.load(Ordering::Relaxed);
-    let cpu2 = (loadgen::cpu_secs(server.pid), loadgen::cpu_secs(me));
+    let cpu2 = (server_cpu(), loadgen::cpu_secs(me));
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
-    let rss_after = server.rss_kb();
+    let rss_after = server_rss();
     let errors = shared.errors.load(Ordering::Relaxed);
     let fmt = |s: Option<f64>, phase: usize| match s {
         Some(s) => format!("{s:.3} s"),
@@ -256,7 +282,7 @@ async fn main() -> Res<()> {
         ),
     };
     let summary = format!(
-        "presence {n}: all clients hold {n} keys after {}; {n} simultaneous updates seen by all after {}; {} frames received, {errors} errors (CPU s server/generator: join {:.1}/{:.1}, update {:.1}/{:.1})",
+        "presence {n} ({layout}): all clients hold {n} keys after {}; {n} simultaneous updates seen by all after {}; {} frames received, {errors} errors (CPU s server/generator: join {:.1}/{:.1}, update {:.1}/{:.1})",
         fmt(join_secs, 0),
         fmt(update_secs, 1),
         frames_total,
@@ -268,6 +294,8 @@ async fn main() -> Res<()> {
     let record = json!({
         "scenario": "presence",
         "clients": n,
+        "nodes": servers.len(),
+        "engine": engine.as_ref().map(|_| engine_name.as_str()),
         "vsn": vsn.as_str(),
         "join_converge_s": join_secs,
         "update_converge_s": update_secs,
@@ -283,7 +311,10 @@ async fn main() -> Res<()> {
     });
     shared.finished.store(true, Ordering::Relaxed);
     loadgen::report(&summary, record)?;
-    server.stop().await;
+    for server in servers {
+        server.stop().await;
+    }
+    drop(engine);
     if join_secs.is_none() || update_secs.is_none() || errors > 0 {
         return Err(loadgen::err("presence did not converge"));
     }

@@ -39,6 +39,7 @@ run "fanout_bare 1x50" --bench fanout_bare -- --subscribers 50 --rates 200,1000 
 run "idle_memory 500" --bench idle_memory -- --connections 500 --settle-secs 1
 run "presence 50" --bench presence -- --clients 50 --timeout-secs 60
 run "presence 50 v1" --bench presence -- --clients 50 --vsn 1.0.0 --timeout-secs 60
+run "presence 60 over 3 nodes on nats" --bench presence -- --clients 60 --nodes 3 --engine nats --timeout-secs 60
 PG_BENCH_SMOKE=1 run "postgres_changes smoke" --bench postgres_changes
 run "cluster_fanout 1x50" --bench cluster_fanout -- --subscribers 50 --rates 200,1000 --step-secs 1
 

@@ -122,27 +122,51 @@ pub fn loadavg() -> f64 {
 pub async fn start_redis() -> Res<(tokio::process::Child, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let child = Command::new(&bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"]);
+    Ok((start_engine(cmd, &bin, port).await?, port))
+}
+
+/// Starts `nats-server` on a free loopback port: (child, port).
+pub async fn start_nats() -> Res<(tokio::process::Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let bin =
+        std::env::var("NATS_SERVER").unwrap_or_else(|_| match std::path::Path::new("/usr/sbin/nats-server").exists() {
+            true => "/usr/sbin/nats-server".into(),
+            false => "nats-server".into(),
+        });
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    Ok((start_engine(cmd, &bin, port).await?, port))
+}
+
+/// Starts a cluster engine (`redis` or `nats`): (child, CLUSTER_URL).
+pub async fn start_engine_named(engine: &str) -> Res<(tokio::process::Child, String)> {
+    match engine {
+        "redis" => start_redis()
+            .await
+            .map(|(c, port)| (c, format!("redis://127.0.0.1:{port}"))),
+        "nats" => start_nats()
+            .await
+            .map(|(c, port)| (c, format!("nats://127.0.0.1:{port}"))),
+        other => Err(err(format!("--engine {other}: expected redis or nats"))),
+    }
+}
+
+async fn start_engine(mut cmd: Command, bin: &str, port: u16) -> Res<tokio::process::Child> {
+    let child = cmd
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| err(format!("cannot start {bin}: {e}")))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if std::time::Instant::now() > deadline {
-            return Err(err("redis-server did not listen within 10 s"));
+            return Err(err(format!("{bin} did not listen within 10 s")));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Ok((child, port))
+    Ok(child)
 }
