@@ -90,7 +90,9 @@ enum Interest {
 #[derive(Default)]
 struct Interests {
     changes: u64,
-    by_channel: AHashMap<String, (TopicKey, Interest)>,
+    /// Keyed by the topic (its name shared with the registry); the engine channel's name
+    /// is derived when needed, not kept.
+    by_key: AHashMap<TopicKey, Interest>,
 }
 
 /// This node's presence, attached once the hub and the publish path exist.
@@ -467,9 +469,9 @@ impl ClusterBroker {
             return;
         };
         let keys: Vec<TopicKey> = crate::sync::lock(&self.interest, "cluster interest")
-            .by_channel
-            .values()
-            .filter(|(_, interest)| *interest == Interest::Members)
+            .by_key
+            .iter()
+            .filter(|(_, interest)| **interest == Interest::Members)
             .map(|(key, _)| key.clone())
             .collect();
         info!(
@@ -486,27 +488,20 @@ impl ClusterBroker {
     /// Marks `key` wanted and subscribes to it on the engine; returns the engine's
     /// confirmation and whether this node did not follow the topic before.
     fn want(&self, key: &TopicKey) -> (oneshot::Receiver<()>, bool) {
-        let channel = self.channel(key);
         let mut interests = crate::sync::lock(&self.interest, "cluster interest");
-        let first = interests
-            .by_channel
-            .insert(channel.clone(), (key.clone(), Interest::Members))
-            .is_none();
+        let first = interests.by_key.insert(key.clone(), Interest::Members).is_none();
         // Idempotent on the engine side: a channel already subscribed is confirmed at once.
-        (self.engine.subscribe(&channel), first)
+        (self.engine.subscribe(&self.channel(key)), first)
     }
 
     /// After the delay, drops the topic's subscription (and what this node knew of its
     /// presence elsewhere) unless something changed since.
     fn schedule_unsubscribe(self: &Arc<Self>, key: &TopicKey) {
-        let channel = self.channel(key);
         let change = {
             let mut interests = crate::sync::lock(&self.interest, "cluster interest");
             interests.changes += 1;
             let change = interests.changes;
-            interests
-                .by_channel
-                .insert(channel.clone(), (key.clone(), Interest::Idle(change)));
+            interests.by_key.insert(key.clone(), Interest::Idle(change));
             change
         };
         let broker = Arc::downgrade(self);
@@ -518,8 +513,9 @@ impl ClusterBroker {
                 return;
             };
             let mut interests = crate::sync::lock(&broker.interest, "cluster interest");
-            if interests.by_channel.get(&channel).map(|(_, i)| *i) == Some(Interest::Idle(change)) {
-                interests.by_channel.remove(&channel);
+            if interests.by_key.get(&key) == Some(&Interest::Idle(change)) {
+                interests.by_key.remove(&key);
+                let channel = broker.channel(&key);
                 broker.engine.unsubscribe(&channel);
                 drop(interests);
                 if let Some((hub, _)) = broker.attached() {
