@@ -166,6 +166,73 @@ async fn metrics_show_the_engine_link_its_round_trip_and_the_lease(kind: Kind) {
     );
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The `n`s and meta of the replayed broadcasts a join gets, until `count` arrived.
+async fn replayed(c: &mut Client, count: usize) -> Vec<(i64, Value)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let f = c.recv().await;
+        if f.event() == "broadcast" {
+            out.push((
+                f.payload()["payload"]["n"].as_i64().expect("n"),
+                f.payload()["meta"].clone(),
+            ));
+        }
+    }
+    out
+}
+
+async fn public_history_is_shared_by_the_nodes(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let replay_on = [("REPLAY_PUBLIC", "true")];
+    let node = |name: &'static str| {
+        let engine = &engine;
+        async move {
+            Server::start_with(&[
+                ("CLUSTER_URL", &engine.url()),
+                ("NODE_ID", name),
+                ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
+                replay_on[0],
+            ])
+            .await
+        }
+    };
+    let (a, b, c) = (node("a").await, node("b").await, node("c").await);
+    let topic = "realtime:timeline";
+    let since = now_ms();
+    // A member on a sends; c follows the topic, b does not.
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_c, _) = member(&c, "1.0.0", topic, json!({})).await;
+    for n in 1..=3 {
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
+    }
+    let live: Vec<(i64, Value)> = replayed(&mut on_c, 3).await;
+    let ids: Vec<Value> = live.iter().map(|(_, meta)| meta["id"].clone()).collect();
+    // The sender drops and comes back through the load balancer to b, which never
+    // followed the topic: it gets what it missed, with the ids it had live.
+    drop(sender);
+    let replay = json!({"broadcast": {"replay": {"since": since, "limit": 25}}});
+    let (mut back, _) = member(&b, "2.0.0", topic, replay.clone()).await;
+    let got = replayed(&mut back, 3).await;
+    let ns: Vec<i64> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(ns, [1, 2, 3], "replayed on a node that did not follow the topic");
+    for ((_, meta), id) in got.iter().zip(&ids) {
+        assert_eq!(meta, &json!({"id": id, "replayed": true}));
+    }
+    back.expect_silence(Duration::from_millis(300)).await;
+    // c kept what it received: a replay there has it too, once each.
+    let (mut on_c_again, _) = member(&c, "2.0.0", topic, replay).await;
+    let again: Vec<i64> = replayed(&mut on_c_again, 3).await.iter().map(|(n, _)| *n).collect();
+    assert_eq!(again, [1, 2, 3]);
+    on_c_again.expect_silence(Duration::from_millis(300)).await;
+}
+
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
@@ -432,6 +499,7 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 }
 
 per_engine!(
+    public_history_is_shared_by_the_nodes,
     metrics_show_the_engine_link_its_round_trip_and_the_lease,
     ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,

@@ -186,6 +186,15 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     };
 
     s.app.publish.ready(&key).await;
+    // In a cluster the history is spread over the nodes: now that this node follows the
+    // topic (what is published from here on reaches it), gather what the others keep.
+    let stored = match stored {
+        Some(db) if public_replay => {
+            let others = s.app.publish.shared_history(&key, replay_since).await;
+            Some(replay::merge([db, others], replay_limit))
+        }
+        other => other,
+    };
     let state_join_ref = (config.presence_enabled && read.presence).then_some(join_ref.unwrap_or_default());
     // Reply, replayed messages, then subscription: with a public history this runs under
     // the topic's publish lock, so each message is either replayed or delivered live.

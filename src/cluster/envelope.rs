@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! u8 version (1) · u8 kind · u64 origin node · u8 flags · str16 topic · body
-//! kind 1, broadcast:  [str16 stored id] · u8 tag (0 map, 1 user JSON, 2 user binary)
+//! kind 1, broadcast:  [str16 stored id] · [i64 kept at · str16 kept id]
+//!                     · u8 tag (0 map, 1 user JSON, 2 user binary)
 //!                     map:  rest = the map's JSON text
 //!                     user: str16 event · [bytes32 metadata] · rest = body
 //! kind 2, presence:   u8 (0 delta, 1 full state) · u64 replica
@@ -19,9 +20,12 @@
 //! kind 5, row changes relayed by the leader (no topic): see [`super::rows`]
 //! kind 6, the leader's replication streams (no topic): u8 Postgres Changes · u8 Broadcast
 //!         from Database (0 starting, 1 waiting for publication, 2 streaming, 3 down, 4 failed)
+//! kind 7, history request (send me your public history of the topic): u64 request · i64 since ms
+//! kind 8, history answer: u64 request · u32 count · stored messages (see [`super::history`])
 //! ```
 //!
-//! flags: 1 private topic, 2 stored id present, 4 metadata present. The sender's channel
+//! flags: 1 private topic, 2 stored id present, 4 metadata present, 8 kept in the public
+//! history (`REPLAY_PUBLIC`) under that id and time (unix µs). The sender's channel
 //! (for `self: false`) is not carried: channel ids are per process, and the sender is on
 //! the origin, which does not deliver its own envelope again.
 
@@ -34,6 +38,7 @@ use super::rows::{self, Relayed};
 use crate::fanout::TopicKey;
 use crate::observability::state::StreamState;
 use crate::presence::state::{Delta, FullState, LocalChanges, Meta, ReplicaId, TaggedEntry};
+use crate::publish::history::Stored;
 use crate::replication::Batch;
 
 const VERSION: u8 = 1;
@@ -43,6 +48,8 @@ const KIND_SYNC_REQUEST: u8 = 3;
 const KIND_HEARTBEAT: u8 = 4;
 const KIND_CHANGES: u8 = 5;
 const KIND_STREAMS: u8 = 6;
+pub(super) const KIND_HISTORY_REQUEST: u8 = 7;
+pub(super) const KIND_HISTORY_ANSWER: u8 = 8;
 
 const PRESENCE_DELTA: u8 = 0;
 const PRESENCE_FULL: u8 = 1;
@@ -50,10 +57,11 @@ const PRESENCE_FULL: u8 = 1;
 const PRIVATE: u8 = 1;
 const STORED_ID: u8 = 2;
 const METADATA: u8 = 4;
+const KEPT: u8 = 8;
 
-const TAG_MAP: u8 = 0;
-const TAG_USER_JSON: u8 = 1;
-const TAG_USER_BINARY: u8 = 2;
+pub(super) const TAG_MAP: u8 = 0;
+pub(super) const TAG_USER_JSON: u8 = 1;
+pub(super) const TAG_USER_BINARY: u8 = 2;
 
 /// A message between nodes.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +81,8 @@ pub enum Body {
     Broadcast {
         /// The `realtime.messages` row id of a stored message (replayed copies are skipped).
         stored_id: Option<String>,
+        /// Kept in the origin's public history as (id, unix µs).
+        kept: Option<(String, i64)>,
         /// The message.
         msg: BroadcastMessage,
     },
@@ -87,6 +97,11 @@ pub enum Body {
     Changes(Relayed),
     /// The leader's replication streams: Postgres Changes, Broadcast from Database.
     Streams(StreamState, StreamState),
+    /// The origin replays the topic's public history since `since_ms`: each node answers
+    /// with what it keeps.
+    HistoryRequest { request: u64, since_ms: i64 },
+    /// A node's public history of the topic, for the origin's request.
+    HistoryAnswer { request: u64, entries: Vec<Stored> },
 }
 
 /// Why an envelope could not be read.
@@ -107,7 +122,7 @@ impl std::fmt::Display for Malformed {
     }
 }
 
-fn header(out: &mut BytesMut, kind: u8, origin: u64, flags: u8, key: &TopicKey) -> Option<()> {
+pub(super) fn header(out: &mut BytesMut, kind: u8, origin: u64, flags: u8, key: &TopicKey) -> Option<()> {
     out.put_u8(VERSION);
     out.put_u8(kind);
     out.put_u64_le(origin);
@@ -216,10 +231,19 @@ pub fn encode_heartbeat(origin: u64) -> Bytes {
 
 /// Encodes a broadcast published on `origin`. Fails only for a topic, event or stored id
 /// longer than 65,535 bytes (far beyond the server's limits).
-pub fn encode(origin: u64, key: &TopicKey, stored_id: Option<&str>, msg: &BroadcastMessage) -> Option<Bytes> {
+pub fn encode(
+    origin: u64,
+    key: &TopicKey,
+    stored_id: Option<&str>,
+    kept: Option<(&str, i64)>,
+    msg: &BroadcastMessage,
+) -> Option<Bytes> {
     let mut flags = 0;
     if stored_id.is_some() {
         flags |= STORED_ID;
+    }
+    if kept.is_some() {
+        flags |= KEPT;
     }
     if let BroadcastMessage::User { metadata: Some(_), .. } = msg {
         flags |= METADATA;
@@ -233,6 +257,10 @@ pub fn encode(origin: u64, key: &TopicKey, stored_id: Option<&str>, msg: &Broadc
     let mut out = BytesMut::with_capacity(16 + key.topic.len() + stored_id.map_or(0, |s| s.len() + 2) + body_len);
     header(&mut out, KIND_BROADCAST, origin, flags, key)?;
     if let Some(id) = stored_id {
+        put_str16(&mut out, id)?;
+    }
+    if let Some((id, at_us)) = kept {
+        out.put_i64_le(at_us);
         put_str16(&mut out, id)?;
     }
     match msg {
@@ -281,6 +309,11 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
         KIND_HEARTBEAT => Body::Heartbeat,
         KIND_CHANGES => Body::Changes(rows::decode(&mut r)?),
         KIND_STREAMS => Body::Streams(state(r.u8()?)?, state(r.u8()?)?),
+        KIND_HISTORY_REQUEST => Body::HistoryRequest {
+            request: r.u64()?,
+            since_ms: r.u64()? as i64,
+        },
+        KIND_HISTORY_ANSWER => super::history::decode_answer(&mut r)?,
         _ => return Err(Malformed::Invalid("unknown kind")),
     };
     Ok(Envelope { origin, key, body })
@@ -347,6 +380,12 @@ fn broadcast(r: &mut Reader<'_>, flags: u8) -> Result<Body, Malformed> {
     } else {
         None
     };
+    let kept = if flags & KEPT != 0 {
+        let at_us = r.u64()? as i64;
+        Some((r.str16()?.to_owned(), at_us))
+    } else {
+        None
+    };
     let tag = r.u8()?;
     let msg = match tag {
         TAG_MAP => BroadcastMessage::Map(r.rest()),
@@ -371,7 +410,7 @@ fn broadcast(r: &mut Reader<'_>, flags: u8) -> Result<Body, Malformed> {
         }
         _ => return Err(Malformed::Invalid("unknown message tag")),
     };
-    Ok(Body::Broadcast { stored_id, msg })
+    Ok(Body::Broadcast { stored_id, kept, msg })
 }
 
 pub(super) fn put_str16(out: &mut BytesMut, s: &str) -> Option<()> {
@@ -437,7 +476,7 @@ mod tests {
     use super::*;
 
     fn round_trip(key: TopicKey, stored_id: Option<&str>, msg: BroadcastMessage) {
-        let bytes = encode(42, &key, stored_id, &msg).expect("encodes");
+        let bytes = encode(42, &key, stored_id, None, &msg).expect("encodes");
         let env = decode(&bytes).expect("decodes");
         assert_eq!(
             env,
@@ -446,6 +485,7 @@ mod tests {
                 key,
                 body: Body::Broadcast {
                     stored_id: stored_id.map(str::to_owned),
+                    kept: None,
                     msg
                 }
             }
@@ -525,7 +565,7 @@ mod tests {
             encoding: Encoding::Json,
             body: Bytes::from_static(b"[1,2]"),
         };
-        let whole = encode(7, &TopicKey::new("realtime:t", true), Some("id"), &msg).expect("encodes");
+        let whole = encode(7, &TopicKey::new("realtime:t", true), Some("id"), None, &msg).expect("encodes");
         for len in 0..whole.len() {
             // Only the body may be cut short (it is "the rest"); anything before it must fail.
             let _ = decode(&whole.slice(..len));

@@ -31,6 +31,7 @@
 
 pub mod engine;
 pub mod envelope;
+pub mod history;
 pub mod leader;
 pub mod liveness;
 pub mod nats;
@@ -54,7 +55,8 @@ use crate::fanout::{Registry, TopicKey};
 use crate::observability::state::{StreamState, DB_BROADCAST, PG_CHANGES};
 use crate::presence::state::{LocalChanges, ReplicaId};
 use crate::presence::PresenceHub;
-use crate::publish::broker::{Broker, Delivery, Local, Message};
+use crate::publish::broker::{Broker, Delivery, HistoryFetch, Local, Message};
+use crate::publish::history::{Stored, StoredBody};
 use crate::publish::Publisher;
 use crate::replication::Batch;
 
@@ -139,6 +141,8 @@ pub struct ClusterBroker {
     leader_heard: Mutex<Option<tokio::time::Instant>>,
     /// When this node joined the cluster (other nodes are known after their heartbeats).
     started: tokio::time::Instant,
+    /// Replaying joins waiting for the other nodes' public histories.
+    histories: Mutex<history::Waits>,
 }
 
 /// Starts a clustered node's broker over `local` (this node's delivery); `origin` is this
@@ -178,6 +182,7 @@ pub fn start(
         nodes: Mutex::new(Nodes::default()),
         presence: OnceLock::new(),
         syncs: Mutex::new(AHashMap::new()),
+        histories: Mutex::new(history::Waits::default()),
         leader: AtomicBool::new(false),
         offsets: Mutex::new(Offsets::default()),
         delivered: Mutex::new(Dedupe::default()),
@@ -409,16 +414,46 @@ impl ClusterBroker {
         }
         match body {
             Body::Heartbeat => {}
-            Body::Broadcast { stored_id, msg } => {
-                let n = self.local.publish(
-                    &key,
-                    Message::Broadcast {
-                        msg: &msg,
-                        exclude: None,
-                        stored_id: stored_id.as_deref(),
-                    },
-                );
+            Body::Broadcast { stored_id, kept, msg } => {
+                let deliver = || {
+                    self.local.publish(
+                        &key,
+                        Message::Broadcast {
+                            msg: &msg,
+                            exclude: None,
+                            stored_id: stored_id.as_deref(),
+                            kept: None,
+                        },
+                    )
+                };
+                let attached = self.attached();
+                let history = attached.as_ref().and_then(|(_, publish)| publish.history());
+                let n = match (kept, history) {
+                    // Kept here too, so a join replaying on this node has it.
+                    (Some((id, at_us)), Some(history)) if !key.private => {
+                        let stored = Stored {
+                            id: id.into(),
+                            at_us,
+                            body: stored_body(&msg),
+                        };
+                        history.record_remote(&key, stored, deliver)
+                    }
+                    _ => deliver(),
+                };
                 debug!(topic = %key.topic, delivered = n, "cluster broadcast delivered");
+            }
+            Body::HistoryRequest { request, since_ms } => {
+                let attached = self.attached();
+                let history = attached.as_ref().and_then(|(_, publish)| publish.history());
+                let entries = match history {
+                    Some(history) if !key.private => history.recent(&key.topic, since_ms),
+                    // Answered even empty: the requester counts answers.
+                    _ => Vec::new(),
+                };
+                self.send(&key, history::encode_answer(self.origin, &key, request, &entries));
+            }
+            Body::HistoryAnswer { request, entries } => {
+                crate::sync::lock(&self.histories, "cluster histories").answered(request, origin, entries);
             }
             Body::Presence(changes) => self.merge_presence(origin, &key, changes),
             Body::Changes(relayed) => {
@@ -526,6 +561,41 @@ impl ClusterBroker {
         });
     }
 
+    /// How many nodes will answer a request that `receivers` nodes got (this one
+    /// included), or, when the engine cannot count (NATS), one sent to every node: those
+    /// known alive, or in the first heartbeats after start as many as answer in time
+    /// (`usize::MAX`: wait out the window).
+    fn answers_expected(&self, receivers: Option<usize>) -> usize {
+        match receivers {
+            Some(n) => n.saturating_sub(1),
+            None if self.started.elapsed() < liveness::HEARTBEAT * 2 => usize::MAX,
+            None => self.live_nodes(),
+        }
+    }
+
+    /// Gathers every other node's public history of `key` since `since_ms` (waiting at
+    /// most [`SYNC_WAIT`]). The request goes on the nodes' channel, so nodes that do not
+    /// follow the topic answer too: the node a message was published on keeps it.
+    async fn gather_history(&self, key: &TopicKey, since_ms: i64) -> Vec<Stored> {
+        let request = uuid::Uuid::new_v4().as_u64_pair().0;
+        let mut counted = crate::sync::lock(&self.histories, "cluster histories").start(request);
+        let expected = match history::encode_request(self.origin, key, request, since_ms) {
+            Some(bytes) => tokio::time::timeout(SYNC_WAIT, self.engine.publish_counted(&self.nodes_channel(), bytes))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|receivers| self.answers_expected(receivers)),
+            None => None,
+        };
+        if let Some(others) = expected.filter(|n| *n > 0) {
+            let answered = tokio::time::timeout(SYNC_WAIT, counted.wait_for(|n| *n >= others)).await;
+            if answered.is_err() && others != usize::MAX {
+                warn!(topic = %key.topic, expected = others, "cluster: not every node sent its history in time; replaying what arrived");
+            }
+        }
+        crate::sync::lock(&self.histories, "cluster histories").finish(request)
+    }
+
     /// A node starting to follow `key` asks the other nodes for their presence and waits
     /// (at most [`SYNC_WAIT`]) until each has answered, so the first member's
     /// `presence_state` is complete.
@@ -552,16 +622,7 @@ impl ClusterBroker {
                 };
                 let sent = tokio::time::timeout(SYNC_WAIT, self.engine.publish_counted(&channel, bytes)).await;
                 match sent {
-                    // Every receiver but this node answers.
-                    Ok(Ok(Some(receivers))) => Some(receivers.saturating_sub(1)),
-                    Ok(Ok(None)) if !counting => {
-                        let known = self.live_nodes();
-                        match self.started.elapsed() < liveness::HEARTBEAT * 2 {
-                            // Nodes not heard from yet may answer: wait out the window.
-                            true => Some(usize::MAX),
-                            false => Some(known),
-                        }
-                    }
+                    Ok(Ok(receivers)) if receivers.is_some() || !counting => Some(self.answers_expected(receivers)),
                     _ => None,
                 }
             }
@@ -577,6 +638,23 @@ impl ClusterBroker {
     }
 }
 
+/// How a received broadcast is kept in the history: as it was delivered (a map carries
+/// its `meta.id`; a replay appends its own `meta`, which JSON parsers read last).
+fn stored_body(msg: &realtime_protocol::BroadcastMessage) -> StoredBody {
+    match msg {
+        realtime_protocol::BroadcastMessage::Map(map) => StoredBody::Map(map.clone()),
+        realtime_protocol::BroadcastMessage::User {
+            event, encoding, body, ..
+        } => StoredBody::User {
+            event: event.clone(),
+            payload: match encoding {
+                realtime_protocol::Encoding::Json => Ok(body.clone()),
+                realtime_protocol::Encoding::Binary => Err(body.clone()),
+            },
+        },
+    }
+}
+
 /// The broker behind an `Arc`, so that delayed unsubscriptions can hold it weakly.
 pub struct Clustered(pub Arc<ClusterBroker>);
 
@@ -586,8 +664,11 @@ impl Broker for Clustered {
         let delivered = broker.local.publish(key, message);
         // Presence diffs stay on this node: other nodes render theirs from the replicated
         // CRDT (see `presence_changes`).
-        if let Message::Broadcast { msg, stored_id, .. } = message {
-            broker.send(key, envelope::encode(broker.origin, key, stored_id, msg));
+        if let Message::Broadcast {
+            msg, stored_id, kept, ..
+        } = message
+        {
+            broker.send(key, envelope::encode(broker.origin, key, stored_id, kept, msg));
         }
         delivered
     }
@@ -624,6 +705,10 @@ impl Broker for Clustered {
                 Err(_) => warn!("cluster engine did not take messages in time; acknowledged as delivered here"),
             }
         })
+    }
+
+    fn shared_history<'a>(&'a self, key: &'a TopicKey, since_ms: i64) -> HistoryFetch<'a> {
+        Box::pin(self.0.gather_history(key, since_ms))
     }
 
     fn replicates_presence(&self) -> bool {

@@ -12,10 +12,14 @@ use realtime_protocol::{encode, BroadcastMessage};
 use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::observability::metrics::{self, Out};
 use crate::presence::state::LocalChanges;
+use crate::publish::history::Stored;
 use crate::replication::Batch;
 
 /// A delivery in progress; it completes once every frame is queued.
 pub type Delivery<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Stored messages being gathered from other nodes.
+pub type HistoryFetch<'a> = Pin<Box<dyn Future<Output = Vec<Stored>> + Send + 'a>>;
 
 /// Where row changes published on this node are delivered (Postgres Changes: filters and
 /// RLS per subscriber). Boxed futures: one allocation per batch, not per change.
@@ -45,6 +49,9 @@ pub enum Message<'a> {
         /// The stored row's id, for a message kept in `realtime.messages`: channels that
         /// already got it by replay at join are skipped.
         stored_id: Option<&'a str>,
+        /// Kept in the public history (`REPLAY_PUBLIC`) as (id, unix µs): other nodes of a
+        /// cluster keep it too.
+        kept: Option<(&'a str, i64)>,
     },
     /// A `presence_diff` payload (a JSON object `{joins, leaves}`).
     PresenceDiff(&'a [u8]),
@@ -72,6 +79,12 @@ pub trait Broker: Send + Sync {
     /// with the engine, or could not be handed over in time). Awaited before an `ack`.
     fn handed_over(&self) -> Delivery<'_> {
         Box::pin(std::future::ready(()))
+    }
+
+    /// What the other nodes of a cluster keep of a public topic's history since
+    /// `since_ms` (none on a single node, where the history is all here).
+    fn shared_history<'a>(&'a self, _key: &'a TopicKey, _since_ms: i64) -> HistoryFetch<'a> {
+        Box::pin(std::future::ready(Vec::new()))
     }
 
     /// This node's presence changes of a topic since it last handed them over, for the
@@ -120,6 +133,7 @@ impl Broker for Local {
                 msg,
                 exclude,
                 stored_id,
+                kept: _,
             } => {
                 let n = self.registry.publish(
                     key,

@@ -36,7 +36,7 @@ const STORE_BATCH: usize = 512;
 const SHARDS: usize = 64;
 
 /// A stored message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     /// Its id (`meta.id`).
     pub id: Arc<str>,
@@ -47,7 +47,7 @@ pub struct Stored {
 }
 
 /// A stored message's content.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoredBody {
     /// A user broadcast: event, and JSON payload text or binary payload.
     User {
@@ -156,14 +156,14 @@ impl History {
         &self.shards[i]
     }
 
-    /// Gives `msg` an id, keeps it, and hands the message with `meta.id` to `deliver`
-    /// while the topic's history is locked (see the module docs). Returns what `deliver`
-    /// returns.
+    /// Gives `msg` an id, keeps it, and hands the message with `meta.id` (and what was
+    /// kept: id and time) to `deliver` while the topic's history is locked (see the module
+    /// docs). Returns what `deliver` returns.
     pub fn record(
         &self,
         key: &TopicKey,
         msg: &BroadcastMessage,
-        deliver: impl FnOnce(&BroadcastMessage) -> usize,
+        deliver: impl FnOnce(&BroadcastMessage, Option<(&str, i64)>) -> usize,
     ) -> usize {
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let meta = format!("{{\"id\":\"{id}\"}}");
@@ -174,7 +174,7 @@ impl History {
                     StoredBody::Map(map.clone()),
                 ),
                 // Not an object (Supabase relays any payload): relayed, not kept.
-                None => return deliver(msg),
+                None => return deliver(msg, None),
             },
             BroadcastMessage::User {
                 event, encoding, body, ..
@@ -202,7 +202,7 @@ impl History {
         let delivered = {
             let mut shard = crate::sync::lock(self.shard(&key.topic), "broadcast history shard");
             shard.entry(key.topic.clone()).or_default().push(stored.clone());
-            deliver(&live)
+            deliver(&live, Some((&stored.id, stored.at_us)))
         };
         if let Some(store) = &self.store {
             if store.try_send((key.topic.clone(), stored)).is_err() {
@@ -210,6 +210,21 @@ impl History {
             }
         }
         delivered
+    }
+
+    /// Keeps a message another node of the cluster recorded (same id and time) and hands
+    /// it to `deliver` under the topic's lock, like [`History::record`]: a join replaying
+    /// on this node then has it either in its replay or live. Not written to the database
+    /// (the origin does that).
+    pub fn record_remote(&self, key: &TopicKey, stored: Stored, deliver: impl FnOnce() -> usize) -> usize {
+        let mut shard = crate::sync::lock(self.shard(&key.topic), "broadcast history shard");
+        shard.entry(key.topic.clone()).or_default().push(stored);
+        deliver()
+    }
+
+    /// The in-memory messages of `topic` since `since_ms`, oldest first.
+    pub fn recent(&self, topic: &str, since_ms: i64) -> Vec<Stored> {
+        self.with_recent(topic, since_ms, |recent| recent)
     }
 
     /// Runs `f` with the in-memory messages of `topic` since `since_ms`, while no message

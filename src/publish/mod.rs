@@ -88,21 +88,28 @@ impl Publisher {
     /// one gets an id and is kept when the history is on. Returns how many channels of
     /// this node it was queued for.
     pub fn broadcast(&self, key: &TopicKey, msg: &BroadcastMessage, exclude: Option<ChannelId>) -> usize {
-        let deliver = |msg: &BroadcastMessage| {
+        let deliver = |msg: &BroadcastMessage, kept: Option<(&str, i64)>| {
             self.broker.publish(
                 key,
                 Message::Broadcast {
                     msg,
                     exclude,
                     stored_id: None,
+                    kept,
                 },
             )
         };
         let delivered = match &self.history {
             Some(history) if !key.private => history.record(key, msg, deliver),
-            _ => deliver(msg),
+            _ => deliver(msg, None),
         };
         self.count_events(delivered)
+    }
+
+    /// What the other nodes of a cluster keep of `key`'s public history since `since_ms`
+    /// (empty on a single node). Read by a replaying join once it follows the topic.
+    pub async fn shared_history(&self, key: &TopicKey, since_ms: i64) -> Vec<history::Stored> {
+        self.broker.shared_history(key, since_ms).await
     }
 
     /// Completes once what was published so far has left this node: in a cluster, once
@@ -121,6 +128,7 @@ impl Publisher {
                 msg,
                 exclude,
                 stored_id: Some(id),
+                kept: None,
             },
         );
         self.count_events(delivered)
