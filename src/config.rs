@@ -169,6 +169,16 @@ pub struct Config {
     #[arg(long, env = "CLIENT_PRESENCE_WINDOW_MS", default_value_t = 30_000)]
     pub client_presence_window_ms: u64,
 
+    /// How long the presence API's `last_seen` remembers a key after it left, in seconds
+    /// (0: not at all).
+    #[arg(long, env = "PRESENCE_LAST_SEEN_SECONDS", default_value_t = 3600)]
+    pub presence_last_seen_seconds: u64,
+
+    /// Server-set presence entries (`POST /api/channels/:topic/presence`) one topic may
+    /// hold on this node; beyond, the POST gets 422.
+    #[arg(long, env = "PRESENCE_SERVER_MAX_PER_TOPIC", default_value_t = 100)]
+    pub presence_server_max_per_topic: usize,
+
     /// Rate counters close a bucket every this many ms (Supabase: 5000) ...
     #[arg(long, env = "RATE_TICK_MS", default_value_t = 5000)]
     pub rate_tick_ms: u64,

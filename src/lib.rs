@@ -126,6 +126,7 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     start_replication(&app, &shutdown_rx)?;
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.presence.clone(), app.publish.clone()));
+    tokio::spawn(presence::run_expiry(app.presence.clone(), app.publish.clone()));
 
     let signal = shutdown_signal();
     // Scripts and tests read the bound address from this first stdout line; what a user

@@ -57,6 +57,11 @@ impl Publisher {
         self.broker.ready(key).await;
     }
 
+    /// Topics with members on this node that `keep` selects, with their member count.
+    pub fn topics(&self, keep: impl Fn(&TopicKey) -> bool) -> Vec<(TopicKey, usize)> {
+        self.registry.topics(keep)
+    }
+
     /// Adds a channel to a topic's members on this node.
     pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
         if self.registry.subscribe(key, sub) {
