@@ -22,7 +22,7 @@ pub mod phx_ref;
 pub mod server;
 pub mod state;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ahash::{AHashMap, RandomState};
@@ -47,6 +47,9 @@ struct Topic {
     queued: bool,
     /// This node's changes up to this clock were handed to the publish path.
     shipped: u64,
+    /// `presence_state` as last rendered, until the next change: joins and the REST
+    /// API on a large, quiet roster render it once (10,000 metas take milliseconds).
+    state: Option<Arc<str>>,
 }
 
 impl Topic {
@@ -65,6 +68,18 @@ impl Topic {
         }
     }
 
+    /// The `presence_state` payload, rendered at most once per change.
+    fn state_json(&mut self) -> Arc<str> {
+        match &self.state {
+            Some(state) => state.clone(),
+            None => {
+                let state: Arc<str> = self.presence.state_json().into();
+                self.state = Some(state.clone());
+                state
+            }
+        }
+    }
+
     fn new(replica: ReplicaId) -> Topic {
         let presence = TopicPresence::starting_at(replica, now_nanos());
         Topic {
@@ -72,6 +87,7 @@ impl Topic {
             presence,
             pending: Diff::default(),
             queued: false,
+            state: None,
         }
     }
 }
@@ -98,7 +114,7 @@ pub struct PresenceHub {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// The `presence_state` payload: `{KEY:{"metas":[...]}}`.
-    pub online_json: String,
+    pub online_json: Arc<str>,
     /// Keys that left within the last-seen window and are not online, with the Unix
     /// time in ms of their leave, in key order.
     pub last_seen: Vec<(String, u64)>,
@@ -175,6 +191,8 @@ impl PresenceHub {
         let Some(topic) = shard.get_mut(key) else {
             return;
         };
+        // Every change reaches here, so the rendered state is dropped here alone.
+        topic.state = None;
         if let Some(diff) = diff {
             if !diff.leaves.is_empty() {
                 self.last_seen
@@ -212,9 +230,7 @@ impl PresenceHub {
             topic.send_pending(publish, key);
         }
         if let Some(join_ref) = state_join_ref {
-            let state = shard
-                .get(key)
-                .map_or_else(|| "{}".to_owned(), |t| t.presence.state_json());
+            let state = shard.get_mut(key).map_or_else(|| Arc::from("{}"), |t| t.state_json());
             let frame = encode::push(sub.vsn, Some(join_ref), &key.topic, "presence_state", state.as_bytes());
             sub.outbox.push(frame);
             crate::observability::metrics::out(crate::observability::metrics::Out::PresenceState, 1);
@@ -261,17 +277,16 @@ impl PresenceHub {
 
     /// A topic's presence and recent leaves (the REST presence API).
     pub fn snapshot(&self, key: &TopicKey) -> Snapshot {
-        let shard = crate::sync::lock(self.shard(key), "presence shard");
-        let Some(topic) = shard.get(key) else {
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
+        let Some(topic) = shard.get_mut(key) else {
             return Snapshot {
-                online_json: "{}".to_owned(),
+                online_json: Arc::from("{}"),
                 last_seen: self.last_seen.recent(key, now_millis(), |_| false),
             };
         };
-        Snapshot {
-            online_json: topic.presence.state_json(),
-            last_seen: self.last_seen.recent(key, now_millis(), |k| topic.presence.has_key(k)),
-        }
+        let online_json = topic.state_json();
+        let last_seen = self.last_seen.recent(key, now_millis(), |k| topic.presence.has_key(k));
+        Snapshot { online_json, last_seen }
     }
 
     /// Number of distinct presence keys of a topic.
