@@ -242,6 +242,33 @@ pub struct Config {
     #[arg(long, env = "CLUSTER_UNSUBSCRIBE_DELAY_MS", default_value_t = 5000)]
     pub cluster_unsubscribe_delay_ms: u64,
 
+    /// Webhook receivers, comma-separated `http://host[:port]/path` URLs (unset: no
+    /// webhooks). See README "Webhooks".
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// HMAC-SHA256 key of the `x-realtime-signature` header (required with WEBHOOK_URL).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Topics that raise webhook events, comma-separated; `team:*` is a prefix (default:
+    /// every topic).
+    #[arg(long, env = "WEBHOOK_TOPICS")]
+    pub webhook_topics: Option<String>,
+
+    /// Retries of a batch after its first attempt (non-2xx, connection error, 5 s
+    /// timeout), with exponential backoff from 200 ms and jitter; then it is dropped.
+    #[arg(long, env = "WEBHOOK_MAX_RETRIES", default_value_t = 8)]
+    pub webhook_max_retries: u32,
+
+    /// Batches queued per receiver; beyond, the oldest is dropped and counted.
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value_t = 1000)]
+    pub webhook_queue: usize,
+
+    /// How long a batch collects events after its first, in ms.
+    #[arg(long, env = "WEBHOOK_BATCH_MS", default_value_t = 250)]
+    pub webhook_batch_ms: u64,
+
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,

@@ -108,6 +108,8 @@ pub struct PresenceHub {
     /// Entries set through the REST API. Locked before a presence shard, never after.
     server: Mutex<ServerEntries>,
     server_owners: Owners,
+    /// Told of this node's own presence changes (webhooks).
+    webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// A topic's presence as the REST API shows it.
@@ -172,6 +174,20 @@ impl PresenceHub {
             last_seen: LastSeen::new(3_600_000),
             server: Mutex::new(ServerEntries::default()),
             server_owners: Owners::new(),
+            webhooks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Reports this node's own presence joins and leaves (its sockets' and its
+    /// server-set entries', not other nodes') to `webhooks` (set once, at start).
+    pub fn observe(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    /// Tells the webhooks of a local change.
+    fn observed(&self, key: &TopicKey, diff: &Option<Diff>) {
+        if let (Some(w), Some(diff)) = (self.webhooks.get(), diff) {
+            w.presence(key, diff);
         }
     }
 
@@ -241,8 +257,11 @@ impl PresenceHub {
     /// Unsubscribes a channel and removes its presence (leave, close, dead socket).
     pub fn leave(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
-        publish.unsubscribe(key, channel);
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
+        // The presence leave is observed before the topic may be vacated (webhook order);
+        // the diff itself goes out in `changed`, after the channel is unsubscribed.
+        self.observed(key, &diff);
+        publish.unsubscribe(key, channel);
         self.changed(&mut shard, publish, key, diff);
     }
 
@@ -272,6 +291,7 @@ impl PresenceHub {
         let phx_ref = self.refs.next(now_nanos());
         let topic = shard.entry(key.clone()).or_insert_with(|| Topic::new(self.replica));
         let diff = topic.presence.track(channel, presence_key, payload, phx_ref);
+        self.observed(key, &diff);
         self.changed(&mut shard, publish, key, diff);
     }
 
@@ -444,6 +464,7 @@ impl PresenceHub {
     pub fn untrack(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
+        self.observed(key, &diff);
         self.changed(&mut shard, publish, key, diff);
     }
 }
