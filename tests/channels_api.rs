@@ -385,3 +385,115 @@ async fn server_presence_joins_refreshes_leaves_at_ttl_and_deletes() {
     let (status, _, _) = s.http("POST", path, &[], b"{}").await;
     assert_eq!(status, 401);
 }
+
+/// Users read presence of `venue-1` and `ro-venue` and may write presence only on
+/// `venue-1`; a broadcast-only read policy covers `bc-only`.
+const PRIVATE_POLICIES: &str = r#"
+create role anon nologin; create role authenticated nologin; create role service_role nologin bypassrls;
+"#;
+const PRESENCE_POLICIES: &str = r#"
+create policy "read presence" on realtime.messages for select to authenticated
+  using ((select realtime.topic()) in ('venue-1', 'ro-venue') and extension in ('broadcast', 'presence'));
+create policy "read broadcast" on realtime.messages for select to authenticated
+  using ((select realtime.topic()) = 'bc-only' and extension = 'broadcast');
+create policy "write presence" on realtime.messages for insert to authenticated
+  with check ((select realtime.topic()) = 'venue-1' and extension = 'presence');
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_topics_are_decided_by_presence_policies() {
+    let pg = common::pg::Pg::start();
+    pg.exec(PRIVATE_POLICIES).await;
+    let url = pg.url();
+    let s = Server::start_with(&[("DATABASE_URL", url.as_str())]).await;
+    pg.exec(PRESENCE_POLICIES).await;
+    let user = claims_token(
+        json!({"role": "authenticated", "sub": "11111111-1111-1111-1111-111111111111", "exp": now() + 3600}),
+    );
+    let service = token("service_role", 60);
+
+    // A private member sees the server-set entry a user posted.
+    let mut m = s.connect("2.0.0").await;
+    let mut cfg = presence_config("guest");
+    cfg["private"] = json!(true);
+    let (_, r) = m.join_with("realtime:venue-1", cfg, Some(&user)).await;
+    assert_eq!(r.payload()["status"], "ok", "{r:?}");
+    m.recv_event("presence_state").await;
+    let post = json!({"key": "caterer", "meta": {"eta": "10:30"}, "ttl_seconds": 60});
+    let (status, body) = call(
+        &s,
+        "POST",
+        "/api/channels/venue-1/presence?private=true",
+        &user,
+        post.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let d = m.recv_event("presence_diff").await;
+    assert_eq!(d.payload()["joins"]["caterer"]["metas"][0]["server"], true);
+
+    for (path, expected) in [
+        ("/api/channels/venue-1/presence?private=true", 200),
+        ("/api/channels/ro-venue/presence?private=true", 200),
+        ("/api/channels/bc-only/presence?private=true", 403),
+        ("/api/channels/elsewhere/presence?private=true", 403),
+        // The public topic of the same name: service role only.
+        ("/api/channels/venue-1/presence", 403),
+    ] {
+        let (status, body) = call(&s, "GET", path, &user, Value::Null).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        if status == 403 {
+            assert_eq!(body, json!({"message": "Unauthorized"}));
+        }
+    }
+    let (_, body) = call(
+        &s,
+        "GET",
+        "/api/channels/venue-1/presence?private=true",
+        &user,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(body["online"]["caterer"]["metas"][0]["eta"], "10:30");
+
+    // Writing needs the insert policy.
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/channels/ro-venue/presence?private=true",
+        &user,
+        post.clone(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &s,
+        "DELETE",
+        "/api/channels/ro-venue/presence/caterer?private=true",
+        &user,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &s,
+        "DELETE",
+        "/api/channels/venue-1/presence/caterer?private=true",
+        &user,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(m.recv_event("presence_diff").await.payload()["leaves"]["caterer"].is_object());
+
+    // The service role reads any private topic.
+    let (status, body) = call(
+        &s,
+        "GET",
+        "/api/channels/ro-venue/presence?private=true",
+        &service,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"online": {}, "last_seen": {}})));
+}
