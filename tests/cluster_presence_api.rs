@@ -117,3 +117,111 @@ async fn a_server_entry_posted_to_one_node_shows_on_the_other_and_leaves_with_it
         "a dead node's server entry leaves"
     );
 }
+
+/// A receiver that answers 200 and hands over every batch's events.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<Value>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap();
+                    if raw.len() >= i + 4 + len {
+                        let batch: Value = serde_json::from_slice(&raw[i + 4..i + 4 + len]).unwrap();
+                        let _ = tx.send(batch["events"].as_array().unwrap().clone());
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_webhooks_are_sent_once_per_cluster() {
+    let redis = Redis::start().await;
+    let (url, mut rx) = receiver().await;
+    let env = |name: &'static str| {
+        [
+            ("CLUSTER_URL", redis.url()),
+            ("NODE_ID", name.to_owned()),
+            ("WEBHOOK_URL", url.clone()),
+            ("WEBHOOK_SECRET", "s".to_owned()),
+        ]
+    };
+    let (ea, eb) = (env("a"), env("b"));
+    let a = Server::start_with(&ea.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let b = Server::start_with(&eb.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let topic = "realtime:lobby";
+    let mut on_a = a.connect("2.0.0").await;
+    let ja = on_a
+        .join(topic, config(json!({"presence": {"key": "alice", "enabled": true}})))
+        .await;
+    on_a.recv_event("presence_state").await;
+    let mut on_b = b.connect("2.0.0").await;
+    on_b.join(topic, config(json!({"presence": {"key": "bob", "enabled": true}})))
+        .await;
+    on_b.recv_event("presence_state").await;
+    on_a.push(
+        Some(&ja),
+        Some("3"),
+        topic,
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {}}),
+    )
+    .await;
+    // Both nodes see alice's join as a diff; only her node reports it.
+    assert!(diff_with(&mut on_b, "joins", "alice", Duration::from_secs(3))
+        .await
+        .is_some());
+    let (status, _) = call(
+        &b,
+        "POST",
+        "/api/channels/lobby/presence",
+        json!({"key": "cal", "ttl_seconds": 60}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(diff_with(&mut on_a, "joins", "cal", Duration::from_secs(3))
+        .await
+        .is_some());
+    // Batches go out within 250 ms; wait well past that for any duplicate.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut joins = Vec::new();
+    while let Ok(events) = rx.try_recv() {
+        for e in events {
+            if e["type"] == "presence.join" {
+                joins.push(e["key"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    joins.sort();
+    assert_eq!(
+        joins,
+        ["alice", "cal"],
+        "one presence.join per entry across the cluster"
+    );
+}
