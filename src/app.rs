@@ -63,7 +63,10 @@ impl App {
             }
         };
         let publish = Arc::new(Publisher::new(registry, broker, history, limits.clone()));
-        let presence = Arc::new(PresenceHub::new(replica));
+        let presence = Arc::new(
+            PresenceHub::new(replica)
+                .with_last_seen_window(std::time::Duration::from_secs(config.presence_last_seen_seconds)),
+        );
         if let Some(cluster) = &cluster {
             cluster.attach_presence(presence.clone(), &publish);
         }

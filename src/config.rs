@@ -169,6 +169,16 @@ pub struct Config {
     #[arg(long, env = "CLIENT_PRESENCE_WINDOW_MS", default_value_t = 30_000)]
     pub client_presence_window_ms: u64,
 
+    /// How long the presence API's `last_seen` remembers a key after it left, in seconds
+    /// (0: not at all).
+    #[arg(long, env = "PRESENCE_LAST_SEEN_SECONDS", default_value_t = 3600)]
+    pub presence_last_seen_seconds: u64,
+
+    /// Server-set presence entries (`POST /api/channels/:topic/presence`) one topic may
+    /// hold on this node; beyond, the POST gets 422.
+    #[arg(long, env = "PRESENCE_SERVER_MAX_PER_TOPIC", default_value_t = 100)]
+    pub presence_server_max_per_topic: usize,
+
     /// Rate counters close a bucket every this many ms (Supabase: 5000) ...
     #[arg(long, env = "RATE_TICK_MS", default_value_t = 5000)]
     pub rate_tick_ms: u64,
@@ -232,6 +242,33 @@ pub struct Config {
     /// left, in milliseconds.
     #[arg(long, env = "CLUSTER_UNSUBSCRIBE_DELAY_MS", default_value_t = 5000)]
     pub cluster_unsubscribe_delay_ms: u64,
+
+    /// Webhook receivers, comma-separated `http://host[:port]/path` URLs (unset: no
+    /// webhooks). See README "Webhooks".
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// HMAC-SHA256 key of the `x-realtime-signature` header (required with WEBHOOK_URL).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Topics that raise webhook events, comma-separated; `team:*` is a prefix (default:
+    /// every topic).
+    #[arg(long, env = "WEBHOOK_TOPICS")]
+    pub webhook_topics: Option<String>,
+
+    /// Retries of a batch after its first attempt (non-2xx, connection error, 5 s
+    /// timeout), with exponential backoff from 200 ms and jitter; then it is dropped.
+    #[arg(long, env = "WEBHOOK_MAX_RETRIES", default_value_t = 8)]
+    pub webhook_max_retries: u32,
+
+    /// Batches queued per receiver; beyond, the oldest is dropped and counted.
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value_t = 1000)]
+    pub webhook_queue: usize,
+
+    /// How long a batch collects events after its first, in ms.
+    #[arg(long, env = "WEBHOOK_BATCH_MS", default_value_t = 250)]
+    pub webhook_batch_ms: u64,
 
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]

@@ -27,6 +27,8 @@ pub enum StartupError {
     DbBroadcast(String),
     /// `CLUSTER_URL` is malformed or names an engine this build does not support.
     Cluster(String),
+    /// The `WEBHOOK_*` settings are incomplete or malformed.
+    Webhooks(String),
     /// `LIMITS_FILE` could not be read or parsed.
     LimitsFile { path: PathBuf, message: String },
 }
@@ -42,7 +44,8 @@ impl fmt::Display for StartupError {
             StartupError::Schema(e)
             | StartupError::PostgresChanges(e)
             | StartupError::DbBroadcast(e)
-            | StartupError::Cluster(e) => f.write_str(e),
+            | StartupError::Cluster(e)
+            | StartupError::Webhooks(e) => f.write_str(e),
             StartupError::LimitsFile { path, message } => write!(f, "LIMITS_FILE {}: {message}", path.display()),
         }
     }

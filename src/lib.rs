@@ -30,6 +30,7 @@ pub mod replication;
 pub mod server;
 pub mod sync;
 pub mod transport;
+pub mod webhooks;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -121,11 +122,18 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     let limits = std::sync::Arc::new(limits::Limits::new(&config, load_tiers(&config)?));
     limits::Limits::spawn_ticker(&limits, std::time::Duration::from_millis(config.rate_tick_ms));
     let cluster = cluster_settings(&config);
+    let webhooks = webhooks::Settings::from_config(&config).map_err(StartupError::Webhooks)?;
     let app =
         App::new(config, verifier, pg, limits, history, cluster, shutdown_rx.clone()).map_err(StartupError::Cluster)?;
     start_replication(&app, &shutdown_rx)?;
     spawn_history_sweep(&app);
     tokio::spawn(presence::run_flusher(app.presence.clone(), app.publish.clone()));
+    tokio::spawn(presence::run_expiry(app.presence.clone(), app.publish.clone()));
+    if let Some(settings) = webhooks {
+        let hooks = webhooks::Webhooks::start(settings);
+        app.publish.observe(hooks.clone());
+        app.presence.observe(hooks);
+    }
 
     let signal = shutdown_signal();
     // Scripts and tests read the bound address from this first stdout line; what a user

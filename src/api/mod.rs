@@ -1,7 +1,10 @@
-//! The REST API: broadcast (batch and single), ping. Statuses and bodies follow
-//! Supabase's (protocol.md §6.4–6.5).
+//! The REST API: broadcast (batch and single), ping, and the channels and presence API
+//! ([`channels`], [`presence`]). Statuses and bodies follow Supabase's (protocol.md
+//! §6.4–6.5); the channels and presence API uses the same `{"message": ...}` errors.
 
 mod batch;
+mod channels;
+mod presence;
 mod single;
 
 use std::sync::Arc;
@@ -49,6 +52,36 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, path: &str) -> Respons
                 _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
             };
             with_rate_headers(&app, answer)
+        }
+        (_, ["api", "channels", ..]) => channels_api(&app, req, &segments[2..]).await,
+        _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
+    }
+}
+
+/// `/api/channels...`: 401 without a valid token, then per route.
+async fn channels_api(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    let Some(claims) = authorize(app, &req) else {
+        return json_error(StatusCode::UNAUTHORIZED, "message", errors::rest::UNAUTHORIZED);
+    };
+    match (req.method().clone(), rest) {
+        (Method::GET, [] | [""]) => {
+            if claims.role != "service_role" {
+                info!(role = %claims.role, "channels list refused: service role only");
+                return json_error(StatusCode::FORBIDDEN, "message", errors::rest::UNAUTHORIZED);
+            }
+            channels::list(app, &req)
+        }
+        (Method::GET, [topic, "presence"]) => {
+            let key = presence::topic_key(&req, &decode(topic));
+            presence::get(app, &claims, &key).await
+        }
+        (Method::POST, [topic, "presence"]) => {
+            let key = presence::topic_key(&req, &decode(topic));
+            presence::post(app, req, &claims, key).await
+        }
+        (Method::DELETE, [topic, "presence", presence_key]) => {
+            let key = presence::topic_key(&req, &decode(topic));
+            presence::delete(app, &claims, &key, &decode(presence_key)).await
         }
         _ => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
     }
@@ -136,7 +169,7 @@ fn preflight() -> Response<Body> {
     let h = r.headers_mut();
     h.insert(
         "access-control-allow-methods",
-        HeaderValue::from_static("GET, POST, OPTIONS"),
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
     );
     h.insert(
         "access-control-allow-headers",

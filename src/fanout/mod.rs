@@ -132,6 +132,22 @@ impl Registry {
             .map_or(0, Vec::len)
     }
 
+    /// Every topic with members on this node that `keep` selects, with its member count,
+    /// in no particular order (for the channels API; reads each shard once).
+    pub fn topics(&self, keep: impl Fn(&TopicKey) -> bool) -> Vec<(TopicKey, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = crate::sync::read(shard, "fan-out shard");
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(k, _)| keep(k))
+                    .map(|(k, subs)| (k.clone(), subs.len())),
+            );
+        }
+        out
+    }
+
     /// Delivers to every subscriber but `exclude`. `encode` is called at most once per
     /// wire version; `None` means receivers of that version get nothing. Returns how many
     /// subscribers the message was queued for.

@@ -80,6 +80,19 @@ fn describe() {
     );
     describe_counter!("realtime_connection_opens_total", "WebSocket connections opened.");
     describe_counter!(
+        "realtime_webhook_batches_delivered_total",
+        "Webhook batches a receiver accepted (2xx)."
+    );
+    describe_counter!("realtime_webhook_retries_total", "Webhook delivery attempts retried.");
+    describe_counter!(
+        "realtime_webhook_batches_dropped_total",
+        "Webhook batches dropped, by reason (queue_full: the oldest made room; retries_exhausted)."
+    );
+    describe_counter!(
+        "realtime_webhook_events_dropped_total",
+        "Webhook events dropped before batching (the batcher fell behind)."
+    );
+    describe_counter!(
         "realtime_connection_closes_total",
         "WebSocket connections closed, by reason (peer, dead, idle, slow, shutdown)."
     );
@@ -385,4 +398,24 @@ impl Drop for RlsTimer {
     fn drop(&mut self) {
         H.rls_time[self.kind as usize].record(self.started.elapsed().as_secs_f64());
     }
+}
+
+/// A webhook batch was accepted by a receiver.
+pub fn webhook_delivered() {
+    counter!("realtime_webhook_batches_delivered_total").increment(1);
+}
+
+/// A webhook delivery is retried.
+pub fn webhook_retried() {
+    counter!("realtime_webhook_retries_total").increment(1);
+}
+
+/// A webhook batch was dropped (`queue_full`, `retries_exhausted`).
+pub fn webhook_batch_dropped(reason: &'static str) {
+    counter!("realtime_webhook_batches_dropped_total", "reason" => reason).increment(1);
+}
+
+/// Webhook events were dropped before batching.
+pub fn webhook_events_dropped(n: u64) {
+    counter!("realtime_webhook_events_dropped_total").increment(n);
 }

@@ -17,10 +17,12 @@
 //! [`PresenceHub::merge_remote`] and reach members as ordinary diffs.
 
 pub mod handler;
+pub mod last_seen;
 pub mod phx_ref;
+pub mod server;
 pub mod state;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ahash::{AHashMap, RandomState};
@@ -30,6 +32,8 @@ use tokio::sync::mpsc;
 
 use crate::fanout::{ChannelId, Subscriber, TopicKey};
 use crate::publish::Publisher;
+use last_seen::LastSeen;
+use server::{Owners, Refused, ServerEntries};
 use state::{Diff, FullState, LocalChanges, MergeOutcome, PhxRefGen, ReplicaId, TopicPresence};
 
 const SHARDS: usize = 64;
@@ -43,6 +47,9 @@ struct Topic {
     queued: bool,
     /// This node's changes up to this clock were handed to the publish path.
     shipped: u64,
+    /// `presence_state` as last rendered, until the next change: joins and the REST
+    /// API on a large, quiet roster render it once (10,000 metas take milliseconds).
+    state: Option<Arc<str>>,
 }
 
 impl Topic {
@@ -61,6 +68,18 @@ impl Topic {
         }
     }
 
+    /// The `presence_state` payload, rendered at most once per change.
+    fn state_json(&mut self) -> Arc<str> {
+        match &self.state {
+            Some(state) => state.clone(),
+            None => {
+                let state: Arc<str> = self.presence.state_json().into();
+                self.state = Some(state.clone());
+                state
+            }
+        }
+    }
+
     fn new(replica: ReplicaId) -> Topic {
         let presence = TopicPresence::starting_at(replica, now_nanos());
         Topic {
@@ -68,6 +87,7 @@ impl Topic {
             presence,
             pending: Diff::default(),
             queued: false,
+            state: None,
         }
     }
 }
@@ -83,6 +103,23 @@ pub struct PresenceHub {
     /// Topics with a pending diff, for the flusher.
     flushes: mpsc::UnboundedSender<TopicKey>,
     flush_queue: Mutex<Option<mpsc::UnboundedReceiver<TopicKey>>>,
+    /// Last leave per key, for the REST presence API.
+    last_seen: LastSeen,
+    /// Entries set through the REST API. Locked before a presence shard, never after.
+    server: Mutex<ServerEntries>,
+    server_owners: Owners,
+    /// Told of this node's own presence changes (webhooks).
+    webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
+}
+
+/// A topic's presence as the REST API shows it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The `presence_state` payload: `{KEY:{"metas":[...]}}`.
+    pub online_json: Arc<str>,
+    /// Keys that left within the last-seen window and are not online, with the Unix
+    /// time in ms of their leave, in key order.
+    pub last_seen: Vec<(String, u64)>,
 }
 
 /// Sends the pending diffs of the topics queued by [`PresenceHub`]; runs for the life of
@@ -103,6 +140,26 @@ pub async fn run_flusher(hub: std::sync::Arc<PresenceHub>, publish: std::sync::A
     }
 }
 
+/// Makes server-set entries leave at their TTL (checked every 250 ms, so an entry
+/// leaves at most that late) and forgets old last-seen times once a minute; runs for the
+/// life of the server.
+pub async fn run_expiry(hub: std::sync::Arc<PresenceHub>, publish: std::sync::Arc<Publisher>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        let left = hub.expire_server(&publish, now_millis());
+        if left > 0 {
+            tracing::debug!(left, "server-set presence expired");
+        }
+        if ticks.is_multiple_of(240) {
+            hub.sweep_last_seen();
+        }
+    }
+}
+
 impl PresenceHub {
     /// A hub for this node (`replica` identifies the node once presence is replicated).
     pub fn new(replica: ReplicaId) -> PresenceHub {
@@ -114,7 +171,30 @@ impl PresenceHub {
             refs: PhxRefGen::new(),
             flushes,
             flush_queue: Mutex::new(Some(queue)),
+            last_seen: LastSeen::new(3_600_000),
+            server: Mutex::new(ServerEntries::default()),
+            server_owners: Owners::new(),
+            webhooks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports this node's own presence joins and leaves (its sockets' and its
+    /// server-set entries', not other nodes') to `webhooks` (set once, at start).
+    pub fn observe(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    /// Tells the webhooks of a local change.
+    fn observed(&self, key: &TopicKey, diff: &Option<Diff>) {
+        if let (Some(w), Some(diff)) = (self.webhooks.get(), diff) {
+            w.presence(key, diff);
+        }
+    }
+
+    /// Remembers leaves for `last_seen` this long (default one hour).
+    pub fn with_last_seen_window(mut self, window: std::time::Duration) -> PresenceHub {
+        self.last_seen = LastSeen::new(window.as_millis() as u64);
+        self
     }
 
     fn shard(&self, key: &TopicKey) -> &Mutex<Shard> {
@@ -127,7 +207,13 @@ impl PresenceHub {
         let Some(topic) = shard.get_mut(key) else {
             return;
         };
+        // Every change reaches here, so the rendered state is dropped here alone.
+        topic.state = None;
         if let Some(diff) = diff {
+            if !diff.leaves.is_empty() {
+                self.last_seen
+                    .left(key, diff.leaves.iter().map(|(k, _)| k.as_str()), now_millis());
+            }
             topic.pending.absorb(diff);
         }
         if topic.presence.is_empty() {
@@ -160,9 +246,7 @@ impl PresenceHub {
             topic.send_pending(publish, key);
         }
         if let Some(join_ref) = state_join_ref {
-            let state = shard
-                .get(key)
-                .map_or_else(|| "{}".to_owned(), |t| t.presence.state_json());
+            let state = shard.get_mut(key).map_or_else(|| Arc::from("{}"), |t| t.state_json());
             let frame = encode::push(sub.vsn, Some(join_ref), &key.topic, "presence_state", state.as_bytes());
             sub.outbox.push(frame);
             crate::observability::metrics::out(crate::observability::metrics::Out::PresenceState, 1);
@@ -173,8 +257,11 @@ impl PresenceHub {
     /// Unsubscribes a channel and removes its presence (leave, close, dead socket).
     pub fn leave(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
-        publish.unsubscribe(key, channel);
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
+        // The presence leave is observed before the topic may be vacated (webhook order);
+        // the diff itself goes out in `changed`, after the channel is unsubscribed.
+        self.observed(key, &diff);
+        publish.unsubscribe(key, channel);
         self.changed(&mut shard, publish, key, diff);
     }
 
@@ -204,7 +291,116 @@ impl PresenceHub {
         let phx_ref = self.refs.next(now_nanos());
         let topic = shard.entry(key.clone()).or_insert_with(|| Topic::new(self.replica));
         let diff = topic.presence.track(channel, presence_key, payload, phx_ref);
+        self.observed(key, &diff);
         self.changed(&mut shard, publish, key, diff);
+    }
+
+    /// A topic's presence and recent leaves (the REST presence API).
+    pub fn snapshot(&self, key: &TopicKey) -> Snapshot {
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
+        let Some(topic) = shard.get_mut(key) else {
+            return Snapshot {
+                online_json: Arc::from("{}"),
+                last_seen: self.last_seen.recent(key, now_millis(), |_| false),
+            };
+        };
+        let online_json = topic.state_json();
+        let last_seen = self.last_seen.recent(key, now_millis(), |k| topic.presence.has_key(k));
+        Snapshot { online_json, last_seen }
+    }
+
+    /// Number of distinct presence keys of a topic.
+    pub fn key_count_of(&self, key: &TopicKey) -> usize {
+        let shard = crate::sync::lock(self.shard(key), "presence shard");
+        shard.get(key).map_or(0, |t| t.presence.key_count())
+    }
+
+    /// Topics with presence on this node (local or replicated) that `keep` selects.
+    pub fn topics(&self, keep: impl Fn(&TopicKey) -> bool) -> Vec<TopicKey> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = crate::sync::lock(shard, "presence shard");
+            out.extend(shard.keys().filter(|k| keep(k)).cloned());
+        }
+        out
+    }
+
+    /// Tracks or refreshes a server-set entry under `presence_key` until `expires_ms`;
+    /// `meta` gets `"server": true`. A topic holds at most `max_per_topic` of them.
+    pub fn track_server(
+        &self,
+        publish: &Publisher,
+        key: &TopicKey,
+        presence_key: &str,
+        mut meta: Map<String, Value>,
+        expires_ms: u64,
+        max_per_topic: usize,
+    ) -> Result<(), Refused> {
+        let mut server = crate::sync::lock(&self.server, "server presence");
+        let entries = server.by_topic.entry(key.clone()).or_default();
+        let count = entries.len();
+        let owner = match entries.get_mut(presence_key) {
+            Some(e) => {
+                e.expires_ms = expires_ms;
+                e.owner
+            }
+            None if count >= max_per_topic => {
+                if count == 0 {
+                    server.by_topic.remove(key);
+                }
+                return Err(Refused::TooMany);
+            }
+            None => {
+                let owner = self.server_owners.next();
+                entries.insert(presence_key.to_owned(), server::Entry { owner, expires_ms });
+                owner
+            }
+        };
+        meta.insert(server::SERVER_FIELD.to_owned(), Value::Bool(true));
+        self.track(publish, key, owner, presence_key, meta);
+        Ok(())
+    }
+
+    /// Removes a server-set entry; false when there was none under that key.
+    pub fn untrack_server(&self, publish: &Publisher, key: &TopicKey, presence_key: &str) -> bool {
+        let mut server = crate::sync::lock(&self.server, "server presence");
+        let Some(entries) = server.by_topic.get_mut(key) else {
+            return false;
+        };
+        let Some(entry) = entries.remove(presence_key) else {
+            return false;
+        };
+        if entries.is_empty() {
+            server.by_topic.remove(key);
+        }
+        self.untrack(publish, key, entry.owner);
+        true
+    }
+
+    /// Server-set entries whose TTL passed leave; also forgets old last-seen times.
+    /// Returns how many left.
+    pub fn expire_server(&self, publish: &Publisher, now_ms: u64) -> usize {
+        let mut server = crate::sync::lock(&self.server, "server presence");
+        let mut expired = Vec::new();
+        server.by_topic.retain(|key, entries| {
+            entries.retain(|_, e| {
+                let keep = e.expires_ms > now_ms;
+                if !keep {
+                    expired.push((key.clone(), e.owner));
+                }
+                keep
+            });
+            !entries.is_empty()
+        });
+        for (key, owner) in &expired {
+            self.untrack(publish, key, *owner);
+        }
+        expired.len()
+    }
+
+    /// Forgets last-seen times older than the window.
+    pub fn sweep_last_seen(&self) {
+        self.last_seen.sweep(now_millis());
     }
 
     /// This node's replica id.
@@ -268,8 +464,14 @@ impl PresenceHub {
     pub fn untrack(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
+        self.observed(key, &diff);
         self.changed(&mut shard, publish, key, diff);
     }
+}
+
+/// Unix time in ms (0 before 1970).
+pub fn now_millis() -> u64 {
+    crate::clock::now_ms().max(0) as u64
 }
 
 fn now_nanos() -> u64 {

@@ -31,6 +31,8 @@ pub struct Publisher {
     broker: Arc<dyn Broker>,
     history: Option<History>,
     limits: Arc<Limits>,
+    /// Told when a topic gets its first or loses its last member here (webhooks).
+    webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl Publisher {
@@ -48,6 +50,7 @@ impl Publisher {
             broker,
             history,
             limits,
+            webhooks: std::sync::OnceLock::new(),
         }
     }
 
@@ -57,10 +60,24 @@ impl Publisher {
         self.broker.ready(key).await;
     }
 
+    /// Reports topics becoming occupied and vacated on this node to `webhooks` (set
+    /// once, at start).
+    pub fn observe(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    /// Topics with members on this node that `keep` selects, with their member count.
+    pub fn topics(&self, keep: impl Fn(&TopicKey) -> bool) -> Vec<(TopicKey, usize)> {
+        self.registry.topics(keep)
+    }
+
     /// Adds a channel to a topic's members on this node.
     pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
         if self.registry.subscribe(key, sub) {
             self.broker.topic_added(key);
+            if let Some(w) = self.webhooks.get() {
+                w.occupied(key);
+            }
         }
     }
 
@@ -76,6 +93,9 @@ impl Publisher {
     pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) {
         if self.registry.unsubscribe(key, channel) {
             self.broker.topic_removed(key);
+            if let Some(w) = self.webhooks.get() {
+                w.vacated(key);
+            }
         }
     }
 

@@ -244,6 +244,30 @@ impl TopicPresence {
         out
     }
 
+    /// Is `key` present (from any replica)?
+    pub fn has_key(&self, key: &str) -> bool {
+        let from = SortKey {
+            key: key.into(),
+            stamp: 0,
+            replica: ReplicaId(0),
+            clock: 0,
+        };
+        self.order.range(from..).next().is_some_and(|(k, _)| &*k.key == key)
+    }
+
+    /// Number of distinct presence keys (from all replicas).
+    pub fn key_count(&self) -> usize {
+        let mut count = 0;
+        let mut last: Option<&str> = None;
+        for k in self.order.keys() {
+            if last != Some(&*k.key) {
+                count += 1;
+                last = Some(&k.key);
+            }
+        }
+        count
+    }
+
     /// No entries from any replica.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()

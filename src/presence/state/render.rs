@@ -91,6 +91,12 @@ pub(super) fn write_groups<'a>(out: &mut String, items: impl Iterator<Item = (&'
 /// it cannot fail and needs no temporary buffer.
 pub(super) fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most keys need no escaping: copy them whole.
+    if !s.chars().any(|c| c == '"' || c == '\\' || c < ' ') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

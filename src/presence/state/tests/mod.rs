@@ -262,3 +262,18 @@ fn meta_json_round_trips() {
     assert_eq!(Meta::from_json("{\"phx_ref\":1}"), None);
     assert_eq!(Meta::from_json("not json"), None);
 }
+
+#[test]
+fn key_count_and_has_key_see_every_replicas_keys_once() {
+    let gen = PhxRefGen::with_node(1);
+    let mut p = TopicPresence::new(A);
+    assert!(!p.has_key("a"));
+    let _ = p.track(1, "a", obj(json!({})), gen.next(1));
+    let _ = p.track(2, "a", obj(json!({})), gen.next(2));
+    let _ = p.track(3, "ab", obj(json!({})), gen.next(3));
+    assert_eq!((p.len(), p.key_count()), (3, 2));
+    assert!(p.has_key("a") && p.has_key("ab") && !p.has_key("b") && !p.has_key(""));
+    let _ = p.untrack(3);
+    assert!(!p.has_key("ab"));
+    assert_eq!(p.key_count(), 1);
+}
