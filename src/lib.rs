@@ -20,6 +20,7 @@ pub mod dev;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod inspector;
 pub mod limits;
 pub mod observability;
 pub mod postgres_changes;
