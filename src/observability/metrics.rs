@@ -212,8 +212,16 @@ pub enum Rls {
     ChannelRead = 1,
     /// Write access to a private channel.
     ChannelWrite = 2,
+    /// Row visibility for Postgres Changes, decided for many viewers by one statement
+    /// (counts viewer groups).
+    PostgresChangesShared = 3,
 }
-const RLS_KINDS: [&str; 3] = ["postgres_changes", "channel_read", "channel_write"];
+const RLS_KINDS: [&str; 4] = [
+    "postgres_changes",
+    "channel_read",
+    "channel_write",
+    "postgres_changes_shared",
+];
 
 struct Handles {
     opens: Counter,
@@ -226,8 +234,8 @@ struct Handles {
     frames_out: Counter,
     bytes_out: Counter,
     fanout: Histogram,
-    rls_checks: [Counter; 3],
-    rls_time: [Histogram; 3],
+    rls_checks: [Counter; 4],
+    rls_time: [Histogram; 4],
     cluster_published: Counter,
     cluster_received: Counter,
     cluster_dropped: Counter,

@@ -19,6 +19,7 @@ use super::filter::Cell;
 use super::payload::{self, Change};
 use super::registry::ChannelSubs;
 use super::rls::{self, Check, Viewer};
+use super::rls_shared::Group;
 use super::PgChanges;
 use crate::fanout::ChannelId;
 
@@ -293,21 +294,32 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
             .iter()
             .map(|(_, m)| prepared[m[0].0].candidates[m[0].1].channel.sub.clone())
             .collect();
-        let checks: Vec<Check<'_>> = groups
+        // Per group, per its rows: the answer, once known.
+        let mut answers: Vec<Option<Result<Vec<bool>, tokio_postgres::Error>>> =
+            (0..groups.len()).map(|_| None).collect();
+        if pg.rls_batch {
+            shared_checks(pg, prepared, &table, &groups, &rows, &subs, &mut answers).await;
+        }
+        let remaining: Vec<usize> = (0..groups.len()).filter(|&g| answers[g].is_none()).collect();
+        let checks: Vec<Check<'_>> = remaining
             .iter()
-            .zip(&rows)
-            .zip(&subs)
-            .map(|(((key, _), rows), sub)| Check {
+            .map(|&g| Check {
                 viewer: Viewer {
-                    role: &key.1,
-                    claims: &key.2,
-                    sub: sub.as_deref(),
+                    role: &groups[g].0 .1,
+                    claims: &groups[g].0 .2,
+                    sub: subs[g].as_deref(),
                 },
-                rows: rows.iter().map(|&p| prepared[p].pk.clone()).collect(),
+                rows: rows[g].iter().map(|&p| prepared[p].pk.clone()).collect(),
             })
             .collect();
-        let verdicts = rls::visible(&pg.pool, &table, &checks, pg.rls_batch).await;
-        drop(checks);
+        if !checks.is_empty() {
+            let verdicts = rls::visible(&pg.pool, &table, &checks, pg.rls_batch).await;
+            drop(checks);
+            for (&g, verdict) in remaining.iter().zip(verdicts) {
+                answers[g] = Some(verdict);
+            }
+        }
+        let verdicts = answers.into_iter().map(|a| a.unwrap_or_else(|| Ok(Vec::new())));
         for (((key, members), rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|e| {
                 // Isolated: only this viewer misses these rows (Supabase issue #2093).
@@ -323,6 +335,57 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
                     .unwrap_or(false);
                 prepared[p].candidates[c].visible = visible;
             }
+        }
+    }
+}
+
+/// The one-statement check per role ([`rls_shared`]): fills `answers` for the groups it
+/// could decide; the rest stay `None` for the per-viewer check.
+async fn shared_checks(
+    pg: &PgChanges,
+    prepared: &[Prepared<'_>],
+    table: &TableInfo,
+    groups: &[(GroupKey, Members)],
+    rows: &[Vec<usize>],
+    subs: &[Option<String>],
+    answers: &mut [Option<Result<Vec<bool>, tokio_postgres::Error>>],
+) {
+    let mut roles: Vec<&str> = groups.iter().map(|(k, _)| k.1.as_str()).collect();
+    roles.sort_unstable();
+    roles.dedup();
+    for role in roles {
+        let of_role: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].0 .1 == role).collect();
+        let mut union: Vec<usize> = of_role.iter().flat_map(|&g| rows[g].iter().copied()).collect();
+        union.sort_unstable();
+        union.dedup();
+        let keys: Vec<&[String]> = union.iter().map(|&p| prepared[p].pk.as_slice()).collect();
+        let viewers: Vec<Group<'_>> = of_role
+            .iter()
+            .map(|&g| Group {
+                viewer: Viewer {
+                    role,
+                    claims: &groups[g].0 .2,
+                    sub: subs[g].as_deref(),
+                },
+                claims: &groups[g].0 .2,
+            })
+            .collect();
+        let Some(found) = pg.shared_rls.check(&pg.pool, table, role, &viewers, &keys).await else {
+            continue;
+        };
+        for (&g, seen) in of_role.iter().zip(found) {
+            let Some(seen) = seen else { continue };
+            let visible = rows[g]
+                .iter()
+                .map(|p| {
+                    union
+                        .binary_search(p)
+                        .ok()
+                        .and_then(|at| seen.get(at).copied())
+                        .unwrap_or(false)
+                })
+                .collect();
+            answers[g] = Some(Ok(visible));
         }
     }
 }

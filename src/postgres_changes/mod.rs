@@ -12,10 +12,13 @@ mod diagnose;
 pub mod dispatch;
 pub mod filter;
 pub mod payload;
+pub mod policy;
 pub mod pool;
 pub mod registry;
 pub mod replication;
 pub mod rls;
+pub mod rls_shared;
+mod sql_tokens;
 pub mod subscribe;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +43,8 @@ pub struct PgChanges {
     pool: Arc<Pool>,
     catalog: Catalog,
     registry: Registry,
+    /// Plans of the one-statement-per-role RLS check.
+    shared_rls: rls_shared::SharedRls,
     /// See [`Settings::rls_batch`].
     rls_batch: bool,
     /// See [`Settings::max_record_bytes`].
@@ -86,6 +91,7 @@ impl PgChanges {
             catalog: Catalog::new(pool.clone()),
             pool,
             registry: Registry::default(),
+            shared_rls: rls_shared::SharedRls::default(),
             rls_batch: settings.rls_batch,
             max_record_bytes: settings.max_record_bytes,
             max_in_values: settings.max_in_values,

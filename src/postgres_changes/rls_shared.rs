@@ -1,0 +1,448 @@
+//! RLS checked once per row for every viewer of a role: the round's rows joined with the
+//! distinct viewer groups in ONE statement, the policies rewritten by [`policy`] so that
+//! what they read of the viewer comes from the group list. The cost grows with rows and
+//! groups, not with rows × viewers: `user_id = auth.uid()` over 1,000 viewers is one
+//! hash join, not 1,000 probes.
+//!
+//! Fails closed everywhere: the statement re-reads the plan's guard in its own snapshot
+//! and answers only a mismatch marker when it changed; a statement error, a viewer whose
+//! claim functions fail, or a table [`policy`] cannot share all go back to the
+//! per-viewer check ([`super::rls`]), which is always exact.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::ToSql;
+use tracing::{debug, info, warn};
+
+use super::catalog::{quote_ident, TableInfo};
+use super::policy::{self, GroupValue, Guard, Plan, SharedPlan, GUARD, SHARED_SETTINGS};
+use super::pool::Pool;
+use super::rls::Viewer;
+use crate::observability::metrics::{Rls, RlsTimer};
+
+/// A per-viewer plan is made again after this long (the policies may have become
+/// shareable); a shared one is checked by its guard on every use.
+const PER_VIEWER_RECHECK: Duration = Duration::from_secs(10);
+
+/// Most cached claim-function values (the map is emptied when full).
+const VALUES_CACHE: usize = 100_000;
+
+/// A (table, role) pair's plan and the guard it was made from.
+struct Entry {
+    plan: Plan,
+    /// The guard document (JSON text) the shared statement must find unchanged.
+    guard: String,
+    made: Instant,
+}
+
+/// Claim-function values of one viewer group, as text (`None`: SQL NULL); `None` for the
+/// whole group when they could not be computed (that viewer is checked on its own).
+type Values = Option<Arc<[Option<String>]>>;
+
+/// (functions' digest, role, claims, sub)
+type ValuesKey = (u64, String, Arc<str>, Option<String>);
+
+/// Plans and claim values, shared by all delivery rounds.
+#[derive(Default)]
+pub struct SharedRls {
+    plans: Mutex<HashMap<(u32, String), Arc<Entry>>>,
+    values: Mutex<HashMap<ValuesKey, Values>>,
+}
+
+/// One viewer group of a role.
+pub struct Group<'a> {
+    /// Who.
+    pub viewer: Viewer<'a>,
+    /// Claims as shared (the cache key).
+    pub claims: &'a Arc<str>,
+}
+
+impl SharedRls {
+    /// Checks `rows` (primary-key texts in `table.pk` order) for every group of `role`
+    /// at once. `None`: the table cannot be shared for this role now, check everyone
+    /// per viewer. Otherwise per group: `Some(visible per row)`, or `None` for a group
+    /// that must be checked per viewer.
+    pub async fn check(
+        &self,
+        pool: &Pool,
+        table: &TableInfo,
+        role: &str,
+        groups: &[Group<'_>],
+        rows: &[&[String]],
+    ) -> Option<Vec<Option<Vec<bool>>>> {
+        let entry = self.plan(pool, table, role).await?;
+        let Plan::Shared(plan) = &entry.plan else {
+            return None;
+        };
+        let values = self.values(pool, plan, role, groups).await;
+        let ready: Vec<usize> = (0..groups.len()).filter(|&g| values[g].is_some()).collect();
+        let mut out: Vec<Option<Vec<bool>>> = vec![None; groups.len()];
+        if ready.is_empty() {
+            return Some(out);
+        }
+        let timer = RlsTimer::start(Rls::PostgresChangesShared, ready.len());
+        let result = run(pool, table, role, plan, &entry.guard, groups, &values, &ready, rows).await;
+        drop(timer);
+        match result {
+            Ok(Some(pairs)) => {
+                for &g in &ready {
+                    out[g] = Some(vec![false; rows.len()]);
+                }
+                for (row, group) in pairs {
+                    if let Some(seen) = ready.get(group).and_then(|&g| out[g].as_mut()) {
+                        if let Some(s) = seen.get_mut(row) {
+                            *s = true;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Ok(None) => {
+                info!(table = %table.name, role, "RLS policies, grants or functions changed: planning the shared check again");
+                self.forget(table.oid, role);
+                None
+            }
+            Err(e) => {
+                warn!(table = %table.name, role, error = %super::subscribe::exception_text(&e),
+                    "the shared RLS check failed: checking these viewers one by one");
+                self.forget(table.oid, role);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, table: u32, role: &str) {
+        crate::sync::lock(&self.plans, "rls plans").remove(&(table, role.to_owned()));
+    }
+
+    /// The cached plan, or a new one read from the catalog.
+    async fn plan(&self, pool: &Pool, table: &TableInfo, role: &str) -> Option<Arc<Entry>> {
+        let key = (table.oid, role.to_owned());
+        let previous = crate::sync::lock(&self.plans, "rls plans").get(&key).cloned();
+        if let Some(e) = &previous {
+            if matches!(e.plan, Plan::Shared(_)) || e.made.elapsed() < PER_VIEWER_RECHECK {
+                return Some(e.clone());
+            }
+        }
+        let entry = match make_plan(pool, table, role).await {
+            Ok(Some(e)) => Arc::new(e),
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(table = %table.name, role, error = %e, "cannot read the RLS policies: checking viewers one by one");
+                return None;
+            }
+        };
+        match &entry.plan {
+            // Said once, not at every re-check.
+            Plan::PerViewer(reason) if previous.is_some_and(|p| p.plan == entry.plan) => {
+                debug!(table = %table.name, role, reason = %reason, "RLS: still checking viewers one by one")
+            }
+            Plan::PerViewer(reason) => {
+                info!(table = %table.name, role, reason = %reason, "RLS: this table's viewers are checked one by one")
+            }
+            Plan::Shared(p) => {
+                debug!(table = %table.name, role, qual = %p.qual, "RLS: one shared check per round for all viewers")
+            }
+        }
+        crate::sync::lock(&self.plans, "rls plans").insert(key, entry.clone());
+        Some(entry)
+    }
+
+    /// The claim-function values of each group, computing the missing ones.
+    async fn values(&self, pool: &Pool, plan: &SharedPlan, role: &str, groups: &[Group<'_>]) -> Vec<Values> {
+        let calls = plan.function_calls();
+        if calls.is_empty() {
+            return vec![Some(Arc::from(Vec::new())); groups.len()];
+        }
+        let key = |g: &Group<'_>| -> ValuesKey {
+            (
+                plan.functions_digest,
+                role.to_owned(),
+                g.claims.clone(),
+                g.viewer.sub.map(str::to_owned),
+            )
+        };
+        let mut out: Vec<Option<Values>> = {
+            let cache = crate::sync::lock(&self.values, "rls values");
+            groups.iter().map(|g| cache.get(&key(g)).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..groups.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let computed = match compute_values(pool, plan, &calls, role, groups, &missing).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(role, error = %super::subscribe::exception_text(&e), "cannot compute the viewers' claim functions: checking them one by one");
+                    // Not cached: a passing database error must not pin viewers to the slow path.
+                    for &i in &missing {
+                        out[i] = Some(None);
+                    }
+                    return out.into_iter().map(Option::flatten).collect();
+                }
+            };
+            let mut cache = crate::sync::lock(&self.values, "rls values");
+            if cache.len() + missing.len() > VALUES_CACHE {
+                cache.clear();
+            }
+            for (&i, v) in missing.iter().zip(computed) {
+                cache.insert(key(&groups[i]), v.clone());
+                out[i] = Some(v);
+            }
+        }
+        out.into_iter().map(Option::flatten).collect()
+    }
+}
+
+/// Reads the guard and classifies; `None` if the table is gone.
+async fn make_plan(pool: &Pool, table: &TableInfo, role: &str) -> Result<Option<Entry>, tokio_postgres::Error> {
+    let mut conn = pool.checkout().await?;
+    let read = format!("select ({GUARD})::text");
+    conn.batch_execute(SHARED_SETTINGS).await?;
+    let result = async {
+        let statement = conn.prepare_cached(&read).await?;
+        let none: Vec<String> = Vec::new();
+        let first: String = conn.query_one(&statement, &[&table.oid, &role, &none]).await?.get(0);
+        let plan = match serde_json::from_str::<Guard>(&first) {
+            Ok(g) => policy::classify(table, &g),
+            Err(e) => Plan::PerViewer(format!("the policy catalog could not be read ({e})")),
+        };
+        let Plan::Shared(shared) = &plan else {
+            return Ok((plan, first));
+        };
+        if shared.builtins.is_empty() {
+            return Ok((plan, first));
+        }
+        // Read again with the builtins' EXECUTE privilege; the rest must be unchanged.
+        let second: String = conn
+            .query_one(&statement, &[&table.oid, &role, &shared.builtins])
+            .await?
+            .get(0);
+        let same = |a: &str, b: &str| -> bool {
+            let strip = |s: &str| {
+                serde_json::from_str::<serde_json::Value>(s).ok().map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("builtins");
+                    }
+                    v
+                })
+            };
+            strip(a).is_some() && strip(a) == strip(b)
+        };
+        if !same(&first, &second) {
+            return Ok((Plan::PerViewer("the policies changed while being read".into()), second));
+        }
+        let allowed = serde_json::from_str::<Guard>(&second)
+            .map(|g| policy::classify(table, &g))
+            .unwrap_or_else(|e| Plan::PerViewer(format!("the policy catalog could not be read ({e})")));
+        Ok((allowed, second))
+    }
+    .await;
+    if let Err(e) = conn.batch_execute("rollback").await {
+        debug!(error = %e, "rollback after reading RLS policies failed");
+    }
+    let (plan, guard) = result?;
+    Ok(Some(Entry {
+        plan,
+        guard,
+        made: Instant::now(),
+    }))
+}
+
+/// Runs the claim functions for the `missing` groups, each as its viewer (role and
+/// settings as a per-viewer check sets them), in one statement; a group whose functions
+/// raise gets `None`.
+async fn compute_values(
+    pool: &Pool,
+    plan: &SharedPlan,
+    calls: &[(usize, &str)],
+    role: &str,
+    groups: &[Group<'_>],
+    missing: &[usize],
+) -> Result<Vec<Values>, tokio_postgres::Error> {
+    let name = format!("rs_claims_{:016x}", plan.functions_digest);
+    let outs: Vec<String> = (0..calls.len()).map(|i| format!("v{i} text")).collect();
+    let sets: Vec<String> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (_, call))| format!("v{i} := ({call}())::text;"))
+        .collect();
+    let create = format!(
+        "create or replace function pg_temp.{name}(roles text[], claims text[], subs text[]) \
+         returns table(gi int, {}) language plpgsql as $rs$ \
+         declare ignored text; \
+         begin \
+           for n in 1 .. coalesce(array_length(roles, 1), 0) loop \
+             begin \
+               ignored := set_config('role', roles[n], true); \
+               ignored := set_config('request.jwt.claims', claims[n], true); \
+               ignored := set_config('request.jwt.claim.sub', subs[n], true); \
+               ignored := set_config('request.jwt.claim.role', roles[n], true); \
+               gi := n; {} \
+               return next; \
+             exception when others then \
+               null; \
+             end; \
+           end loop; \
+         end $rs$",
+        outs.join(", "),
+        sets.join(" ")
+    );
+    let columns: Vec<String> = (0..calls.len()).map(|i| format!("v{i}")).collect();
+    let call = format!("select gi, {} from pg_temp.{name}($1, $2, $3)", columns.join(", "));
+    let roles: Vec<&str> = missing.iter().map(|_| role).collect();
+    let claims: Vec<&str> = missing.iter().map(|&i| &*groups[i].viewer.claims).collect();
+    let subs: Vec<&str> = missing.iter().map(|&i| groups[i].viewer.sub.unwrap_or("")).collect();
+
+    let mut conn = pool.checkout().await?;
+    conn.ensure_function(&name, &create).await?;
+    let statement = conn.prepare_cached(&call).await?;
+    conn.batch_execute("begin").await?;
+    let rows = conn.query(&statement, &[&roles, &claims, &subs]).await;
+    if let Err(e) = conn.batch_execute("rollback").await {
+        debug!(error = %e, "rollback after computing claim functions failed");
+    }
+    let mut out: Vec<Values> = vec![None; missing.len()];
+    for row in rows? {
+        let Ok(gi) = row.try_get::<_, i32>(0) else { continue };
+        let values: Vec<Option<String>> = (0..calls.len())
+            .map(|c| row.try_get::<_, Option<String>>(c + 1).ok().flatten())
+            .collect();
+        if let Some(slot) = usize::try_from(gi - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(Arc::from(values));
+        }
+    }
+    Ok(out)
+}
+
+/// The shared statement for `table` under `plan`. Parameters: $1 table, $2 role, $3
+/// builtins, $4 expected guard, $5 row indexes, then one text[] per key column, then the
+/// group indexes and one text[] per group value.
+fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
+    let own = quote_ident(&table.name);
+    let mut p = 5;
+    let mut key_cols = vec!["__rs_ki".to_owned()];
+    let mut key_args = vec!["$5::int4[]".to_owned()];
+    let mut join = Vec::new();
+    for (n, &i) in table.pk.iter().enumerate() {
+        p += 1;
+        let col = &table.columns[i];
+        key_cols.push(format!("__rs_kc{n}"));
+        key_args.push(format!("${p}::text[]"));
+        join.push(format!(
+            "{own}.{} = __rs_k.__rs_kc{n}::{}",
+            quote_ident(&col.name),
+            col.sql_type
+        ));
+    }
+    p += 1;
+    let mut group_cols = vec!["__rs_gi".to_owned()];
+    let mut group_args = vec![format!("${p}::int4[]")];
+    let mut group_select = vec!["__rs_u.__rs_gi".to_owned()];
+    for (i, v) in plan.values.iter().enumerate() {
+        p += 1;
+        group_cols.push(format!("__rs_v{i}"));
+        group_args.push(format!("${p}::text[]"));
+        group_select.push(match v {
+            GroupValue::Function { returns, .. } => format!("__rs_u.__rs_v{i}::{returns} as __rs_v{i}"),
+            GroupValue::Claims | GroupValue::Sub | GroupValue::Role => format!("__rs_u.__rs_v{i}"),
+        });
+    }
+    if join.is_empty() {
+        join.push("false".to_owned());
+    }
+    format!(
+        "with __rs_guard as materialized (select ({GUARD}) = $4::text::jsonb as __rs_ok) \
+         select __rs_k.__rs_ki, __rs_g.__rs_gi from __rs_guard \
+         cross join unnest({}) as __rs_k({}) \
+         join {}.{own} on {} \
+         cross join (select {} from unnest({}) as __rs_u({})) as __rs_g \
+         where __rs_guard.__rs_ok and ({}) \
+         union all select -1, -1 from __rs_guard where not __rs_guard.__rs_ok",
+        key_args.join(", "),
+        key_cols.join(", "),
+        quote_ident(&table.schema),
+        join.join(" and "),
+        group_select.join(", "),
+        group_args.join(", "),
+        group_cols.join(", "),
+        plan.qual
+    )
+}
+
+/// Runs the shared statement for the `ready` groups: `Ok(None)` when the guard changed,
+/// else the visible (row index, index into `ready`) pairs.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    pool: &Pool,
+    table: &TableInfo,
+    role: &str,
+    plan: &SharedPlan,
+    guard: &str,
+    groups: &[Group<'_>],
+    values: &[Values],
+    ready: &[usize],
+    rows: &[&[String]],
+) -> Result<Option<Vec<(usize, usize)>>, tokio_postgres::Error> {
+    let sql = statement(table, plan);
+    let row_index: Vec<i32> = (0..rows.len() as i32).collect();
+    let key_columns: Vec<Vec<&str>> = (0..table.pk.len())
+        .map(|k| rows.iter().map(|r| r.get(k).map_or("", String::as_str)).collect())
+        .collect();
+    let group_index: Vec<i32> = (0..ready.len() as i32).collect();
+    let value_columns: Vec<Vec<Option<&str>>> = plan
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            ready
+                .iter()
+                .map(|&g| {
+                    let viewer = &groups[g].viewer;
+                    match v {
+                        GroupValue::Claims => Some(viewer.claims),
+                        GroupValue::Sub => Some(viewer.sub.unwrap_or("")),
+                        GroupValue::Role => Some(viewer.role),
+                        GroupValue::Function { .. } => {
+                            // Function values are stored in call order, which is the order
+                            // of the `Function` entries among `values`.
+                            let nth = plan.values[..i]
+                                .iter()
+                                .filter(|x| matches!(x, GroupValue::Function { .. }))
+                                .count();
+                            values[g].as_ref().and_then(|vs| vs.get(nth)).and_then(|v| v.as_deref())
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&table.oid, &role, &plan.builtins, &guard, &row_index];
+    args.extend(key_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+    args.push(&group_index);
+    args.extend(value_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+
+    let mut conn = pool.checkout().await?;
+    conn.batch_execute(SHARED_SETTINGS).await?;
+    let result = async {
+        let statement = conn.prepare_cached(&sql).await?;
+        conn.query(&statement, &args).await
+    }
+    .await;
+    if let Err(e) = conn.batch_execute("rollback").await {
+        debug!(error = %e, "rollback after the shared RLS check failed");
+    }
+    let mut pairs = Vec::new();
+    for row in result? {
+        let (Ok(r), Ok(g)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
+            continue;
+        };
+        if r < 0 {
+            return Ok(None);
+        }
+        if let (Ok(r), Ok(g)) = (usize::try_from(r), usize::try_from(g)) {
+            pairs.push((r, g));
+        }
+    }
+    Ok(Some(pairs))
+}
