@@ -66,7 +66,10 @@ pub const GUARD: &str = "jsonb_build_object(\
 /// Settings of the transaction a guard is read or a shared check runs in: objects are
 /// printed qualified, and a table whose RLS would apply to our own login (which must
 /// bypass it for the rewrite to be the only filter) is an error, not an empty answer.
-pub const SHARED_SETTINGS: &str = "begin; set local search_path = pg_catalog; set local row_security = off";
+/// Sequential scans are off for the reason given at `rls::BEGIN`: a kept plan made when
+/// the table was empty must not scan it once it has grown.
+pub const SHARED_SETTINGS: &str =
+    "begin; set local search_path = pg_catalog; set local row_security = off; set local enable_seqscan = off";
 
 /// The guard as read: the parts the classifier uses (the rest is compared whole).
 #[derive(Debug, Deserialize)]

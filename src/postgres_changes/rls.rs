@@ -96,7 +96,11 @@ pub async fn wait_visible(pool: &Pool, xids: &[u32]) {
 /// plan knows: Postgres then judges the generic plan (10 elements assumed) costlier and
 /// plans every execution again (the profile: planning was most of the database's work).
 /// The generic plan is the same nested loop of key probes, so it is forced.
-const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
+///
+/// Sequential scans are off: a plan is made once per connection and kept, and one made
+/// while the table was empty (a new app's table, freshly analyzed) scans it, which it
+/// then goes on doing per row as the table grows. A key probe is right at any size.
+const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan; set local enable_seqscan = off";
 
 const SETTINGS: &str = "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
      set_config('request.jwt.claim.sub', $3, true), set_config('request.jwt.claim.role', $1, true)";
@@ -271,7 +275,7 @@ impl CheckFunction {
         let create = format!(
             "create or replace function pg_temp.{name}(roles text[], claims text[], subs text[], keys text[], starts int[], counts int[]) \
              returns table(viewer int, row_index int) language plpgsql \
-             set plan_cache_mode = force_generic_plan as $rs$ \
+             set plan_cache_mode = force_generic_plan set enable_seqscan = off as $rs$ \
              declare active_role text; ignored text; \
              begin \
                <<viewers>> for v in 1 .. coalesce(array_length(roles, 1), 0) loop \
