@@ -215,3 +215,31 @@ async fn revoking_select_hides_the_next_change() {
     assert_eq!(data["errors"], json!(["Error 401: Unauthorized"]), "{data}");
     assert_eq!(data["record"], json!({}), "{data}");
 }
+
+/// The reverse of the above (a newcomer saw `Error 401` for 10 s after a `GRANT` while
+/// privileges were cached): a grant applies to the change committed right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granting_select_shows_the_next_change() {
+    let (pg, s) = setup("revoke select on public.late from authenticated").await;
+    let mut a = viewer(&s, "authenticated", USER_A).await;
+    pg.exec(&format!("insert into late values (1, '{USER_A}', 'b1', 's1')"))
+        .await;
+    let f = tokio::time::timeout(Duration::from_secs(10), a.recv_event("postgres_changes"))
+        .await
+        .expect("postgres_changes within 10 s");
+    assert_eq!(
+        f.payload()["data"]["errors"],
+        json!(["Error 401: Unauthorized"]),
+        "{f:?}"
+    );
+    pg.exec("grant select on public.late to authenticated").await;
+    pg.exec(&format!("insert into late values (2, '{USER_A}', 'b2', 's2')"))
+        .await;
+    let f = tokio::time::timeout(Duration::from_secs(10), a.recv_event("postgres_changes"))
+        .await
+        .expect("postgres_changes within 10 s");
+    let data = &f.payload()["data"];
+    assert!(data["errors"].is_null(), "still refused after the grant: {data}");
+    assert_eq!(data["record"]["id"], json!(2), "{data}");
+    assert_eq!(data["record"]["body"], "b2", "{data}");
+}
