@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use realtime_protocol::encode;
+use realtime_protocol::encode::{self, WireFrame};
 use realtime_protocol::filter::Action;
+use realtime_protocol::Vsn;
 use realtime_wal::change::{ChangeKind, OldTuple, RowChange};
 use realtime_wal::pgoutput::{Cell as WalCell, TupleData};
 use tracing::{debug, warn};
@@ -390,11 +391,21 @@ async fn shared_checks(
     }
 }
 
+/// What makes two recipients' frames of one change equal: (vsn, topic, binding ids,
+/// visible columns).
+type FrameKey<'a> = (Vsn, &'a str, Vec<u32>, Vec<bool>);
+
 /// Builds and queues the frames of one change.
+///
+/// Encoded once per distinct (vsn, topic, binding ids, visible columns) and the bytes
+/// shared, as broadcast does: with a `true` policy and a thousand subscribers of one
+/// table the frames are all alike (binding ids are a hash of the binding, so equal
+/// bindings have equal ids), and copying and encoding per recipient was the work.
 fn push(p: &Prepared<'_>, max_record_bytes: usize) {
     let table = &p.table;
     // One `data` per distinct visible-column set, shared by every channel that has it.
     let mut built: HashMap<Vec<bool>, Vec<u8>> = HashMap::new();
+    let mut frames: HashMap<FrameKey<'_>, WireFrame> = HashMap::new();
     let mut queued = 0;
     for c in p.candidates.iter().filter(|c| c.visible) {
         // Bindings of one channel with the same select list share a frame.
@@ -405,6 +416,7 @@ fn push(p: &Prepared<'_>, max_record_bytes: usize) {
                 None => by_select.push((select.clone(), vec![*id])),
             }
         }
+        let ch = &c.channel;
         for (select, ids) in by_select {
             let columns: Vec<bool> = (0..table.columns.len())
                 .map(|i| {
@@ -412,21 +424,25 @@ fn push(p: &Prepared<'_>, max_record_bytes: usize) {
                         && select.as_ref().is_none_or(|s| s.contains(&i) || table.pk.contains(&i))
                 })
                 .collect();
-            let pk_selectable = table
-                .pk
-                .iter()
-                .all(|&i| c.access.selectable.get(i).copied().unwrap_or(false));
-            let data = built
-                .entry(columns.clone())
-                .or_insert_with(|| payload::data(table, &p.change, &columns, pk_selectable, max_record_bytes));
-            let mut body = Vec::with_capacity(data.len() + 32);
-            body.extend_from_slice(b"{\"ids\":");
-            let _ = serde_json::to_writer(&mut body, &ids);
-            body.extend_from_slice(b",\"data\":");
-            body.extend_from_slice(data);
-            body.push(b'}');
-            let ch = &c.channel;
-            let frame = encode::fastlane(ch.vsn, &ch.topic, "postgres_changes", &body);
+            let frame = frames
+                .entry((ch.vsn, &*ch.topic, ids, columns))
+                .or_insert_with_key(|(vsn, topic, ids, columns)| {
+                    let pk_selectable = table
+                        .pk
+                        .iter()
+                        .all(|&i| c.access.selectable.get(i).copied().unwrap_or(false));
+                    let data = built
+                        .entry(columns.clone())
+                        .or_insert_with(|| payload::data(table, &p.change, columns, pk_selectable, max_record_bytes));
+                    let mut body = Vec::with_capacity(data.len() + 32);
+                    body.extend_from_slice(b"{\"ids\":");
+                    let _ = serde_json::to_writer(&mut body, ids);
+                    body.extend_from_slice(b",\"data\":");
+                    body.extend_from_slice(data);
+                    body.push(b'}');
+                    encode::fastlane(*vsn, topic, "postgres_changes", &body)
+                })
+                .clone();
             if ch.outbox.push(frame) {
                 queued += 1;
             } else {
