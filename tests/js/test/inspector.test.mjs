@@ -56,15 +56,15 @@ const srv = () => ({
       .join('\n')}`,
 })
 
-/** A fresh browser page at `query` (e.g. `?topic=…`); closed by the returned `close()`. */
-async function openPage(label, query = '') {
+/** A fresh browser page at `<base>/inspector<query>` (base: the test server's URL). */
+async function openPage(label, query = '', base = server.httpUrl) {
   const page = await browser.newPage()
   await page.setViewport({ width: 1280, height: 900 })
   const rec = { label, console: [], page }
   pages.push(rec)
   page.on('console', (m) => rec.console.push(`${m.type()}: ${m.text()}`))
   page.on('pageerror', (e) => rec.console.push(`pageerror: ${e.message}`))
-  await page.goto(`${server.httpUrl}/inspector${query}`, { waitUntil: 'load' })
+  await page.goto(`${base}/inspector${query}`, { waitUntil: 'load' })
   page.snapshot = async () => {
     rec.dom = await page.evaluate(() =>
       ['socket-status', 'channel-status', 'error', 'channels-message', 'log']
@@ -79,8 +79,8 @@ async function openPage(label, query = '') {
 function browserScenario(name, fn) {
   scenario(name, srv, async (ctx) => {
     const mine = []
-    const open = async (label, query) => {
-      const p = await openPage(label, query)
+    const open = async (label, query, base) => {
+      const p = await openPage(label, query, base)
       mine.push(p)
       return p
     }
@@ -170,6 +170,13 @@ browserScenario('a deep link joins on load and shows REST broadcasts newest firs
   assert.equal(await text(page, '#pause-btn'), 'Pause')
   const order = await page.$$eval('#log li.kind-broadcast', (lis) => lis.map((li) => li.textContent))
   assert.ok(order[0].includes(held) && order[1].includes(binary) && order[2].includes(first), describe(order))
+
+  // Unticking a kind hides its entries.
+  await page.click('.kind-filter[value=broadcast]')
+  assert.equal(await page.$eval('#log li.kind-broadcast', (el) => getComputedStyle(el).display), 'none')
+  assert.notEqual(await page.$eval('#log li.kind-system', (el) => getComputedStyle(el).display), 'none')
+  await page.click('.kind-filter[value=broadcast]')
+  assert.notEqual(await page.$eval('#log li.kind-broadcast', (el) => getComputedStyle(el).display), 'none')
 
   // What arrives is shown as text, never as markup.
   const markup = `<img src=x id=injected-${Date.now()}>`
@@ -290,6 +297,8 @@ browserScenario('the channel list shows live topics with member and presence cou
   assert.equal(await anon.$eval('#channels-message', (el) => el.className), 'error')
   assert.equal(await anon.$eval('#channels-table', (el) => el.hidden), true)
   assert.equal(await anon.$$eval('#channels-body tr', (trs) => trs.length), 0)
+  // Not in development mode: no dev keys on offer.
+  assert.equal(await anon.$eval('#dev-keys', (el) => el.hidden), true)
 })
 
 // ---------------------------------------------------------------- postgres changes
@@ -305,4 +314,32 @@ browserScenario('a deep link with a table and filter shows the matching Postgres
   const changes = await page.$$eval('#log li.kind-postgres_changes', (lis) => lis.map((li) => li.textContent))
   assert.equal(changes.length, 1, describe(changes))
   assert.match(changes[0], /INSERT public\.inspector_items/)
+})
+
+// ---------------------------------------------------------------- development mode
+
+browserScenario('in development mode the page uses the printed keys by itself, also under /realtime/v1', async (ctx, open) => {
+  const dev = await startServer({ env: { JWT_SECRET: undefined } }) // no JWT configuration
+  try {
+    const topic = topicName('insp-dev')
+    const page = await open('dev mode', `?topic=${encodeURIComponent(topic)}`, `${dev.httpUrl}/realtime/v1`)
+    await joined(page)
+    await waitForText(page, '#key-info', 'role anon')
+    assert.equal(await page.$eval('#dev-keys', (el) => el.hidden), false)
+    await page.click('#dev-service')
+    await waitForText(page, '#key-info', 'role service_role')
+    await page.waitForSelector(`#channels-body tr[data-topic="${topic}"]`, { timeout: 10000 })
+
+    const keys = await (await fetch(`${dev.httpUrl}/inspector/dev-keys`)).json()
+    const marker = `dev-${Date.now()}`
+    const res = await fetch(`${dev.httpUrl}/realtime/v1/api/broadcast`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.anon}` },
+      body: JSON.stringify({ messages: [{ topic, event: 'dev', payload: { marker } }] }),
+    })
+    assert.equal(res.status, 202)
+    await waitForText(page, '#log li.kind-broadcast', marker)
+  } finally {
+    await dev.stop()
+  }
 })
