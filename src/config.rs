@@ -273,6 +273,39 @@ pub struct Config {
     /// How long shutdown waits for connections to drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+
+    /// Not a setting: in development mode (no JWT configuration, or `realtime dev`'s
+    /// public secret) the server fills this with the keys it printed, and the inspector
+    /// offers them to a browser on the same machine (`GET /inspector/dev-keys`).
+    #[arg(skip)]
+    pub dev_keys: Option<DevKeys>,
+}
+
+/// The anon and service_role keys of development mode (see [`Config::dev_keys`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DevKeys {
+    /// A `role: anon` JWT.
+    pub anon: String,
+    /// A `role: service_role` JWT.
+    pub service_role: String,
+}
+
+impl DevKeys {
+    /// Picks `ANON_KEY=` and `SERVICE_ROLE_KEY=` out of [`crate::development_keys`]' lines.
+    pub fn from_lines(lines: &[String]) -> Option<DevKeys> {
+        let find = |name: &str| lines.iter().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
+        Some(DevKeys {
+            anon: find("ANON_KEY=")?,
+            service_role: find("SERVICE_ROLE_KEY=")?,
+        })
+    }
+}
+
+/// Keys stay out of logs and panics that print the configuration.
+impl std::fmt::Debug for DevKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevKeys(<redacted>)")
+    }
 }
 
 impl Config {

@@ -66,7 +66,13 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     if config.jwt_secret.is_none() && jwks.is_none() {
         let (secret, lines) = development_secret().map_err(StartupError::DevKeys)?;
         config.jwt_secret = Some(secret);
+        config.dev_keys = config::DevKeys::from_lines(&lines);
         key_lines = lines;
+    } else if config.jwt_secret.as_deref() == Some(dev::DEV_JWT_SECRET) {
+        // `realtime dev`'s public secret: its keys are no secret either.
+        config.dev_keys = development_keys(dev::DEV_JWT_SECRET)
+            .ok()
+            .and_then(|lines| config::DevKeys::from_lines(&lines));
     } else if let Some(warning) = config.jwt_secret.as_deref().and_then(short_secret_warning) {
         warn!("{warning}");
     }

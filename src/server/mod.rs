@@ -125,7 +125,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
                 crate::observability::endpoints::route(&app, req.headers(), obs).await
             }
             api if api.starts_with("/api/") => crate::api::route(app, req, api).await,
-            other => match crate::inspector::route(other) {
+            other => match crate::inspector::route(&app, req.uri(), req.headers(), other) {
                 Some(page) => page,
                 None => json_error(StatusCode::NOT_FOUND, "message", "Not Found"),
             },
