@@ -187,6 +187,7 @@
     }
     if (!chan || topic !== chan.topic) return;
     if (joinRef !== null && joinRef !== chan.joinRef) return; // a previous join's
+    if (payload === null || typeof payload !== "object") payload = { value: payload };
     switch (event) {
       case "phx_close":
         chan.state = "closed";
@@ -202,19 +203,19 @@
         break;
       case "presence_state":
         presence = {};
-        for (const k of Object.keys(payload || {})) presence[k] = (payload[k].metas || []).slice();
+        for (const k of Object.keys(payload)) presence[k] = ((payload[k] && payload[k].metas) || []).slice();
         renderPresence();
         addEntry("presence", "presence_state (" + Object.keys(presence).length + " keys)", pretty(payload)); break;
       case "presence_diff":
-        applyDiff(payload || {});
+        applyDiff(payload);
         addEntry("presence", "presence_diff +" + Object.keys(payload.joins || {}).length + " −" + Object.keys(payload.leaves || {}).length, pretty(payload)); break;
       case "broadcast": {
-        const p = payload || {};
+        const p = payload;
         const body = p.binary ? describeBinary(p.binary) : pretty(p.payload);
         addEntry("broadcast", String(p.event), body, p.meta ? "meta " + JSON.stringify(p.meta) : ""); break;
       }
       case "postgres_changes": {
-        const d = (payload && payload.data) || {};
+        const d = payload.data || {};
         addEntry("postgres_changes", (d.type || d.eventType || "") + " " + (d.schema || "") + "." + (d.table || ""), pretty(d), "ids " + JSON.stringify(payload.ids || [])); break;
       }
       default:
@@ -225,13 +226,13 @@
   function clearPresence() { presence = {}; renderPresence(); }
   function applyDiff(diff) {
     for (const [k, v] of Object.entries(diff.leaves || {})) {
-      const gone = new Set((v.metas || []).map((m) => m.phx_ref));
+      const gone = new Set(((v && v.metas) || []).map((m) => m.phx_ref));
       const left = (presence[k] || []).filter((m) => !gone.has(m.phx_ref));
       if (left.length) presence[k] = left; else delete presence[k];
     }
     for (const [k, v] of Object.entries(diff.joins || {})) {
       const have = new Set((presence[k] || []).map((m) => m.phx_ref));
-      presence[k] = (presence[k] || []).concat((v.metas || []).filter((m) => !have.has(m.phx_ref)));
+      presence[k] = (presence[k] || []).concat(((v && v.metas) || []).filter((m) => !have.has(m.phx_ref)));
     }
     renderPresence();
   }
