@@ -18,28 +18,52 @@ use tracing::{debug, warn};
 use super::catalog::{Access, Security, TableInfo};
 use super::filter::Cell;
 use super::payload::{self, Change};
-use super::registry::ChannelSubs;
+use super::registry::TableSubs;
 use super::rls::{self, Check, Viewer};
 use super::rls_shared::Group;
+use super::subscribe::Subscription;
 use super::PgChanges;
-use crate::fanout::ChannelId;
 
-/// One channel that wants one change (before RLS).
-struct Candidate {
-    channel: Arc<ChannelSubs>,
-    /// (binding id, select list) of the matching subscriptions.
-    matches: Vec<(u32, Option<Vec<usize>>)>,
-    /// What the channel's role may read, from this round's [`Security`]; until that is
-    /// read, nothing (fail closed).
-    access: Arc<Access>,
-    visible: bool,
-}
-
+/// One change and who may get it. Subscribers are indexes into `subs` (the table's
+/// channels as this round sees them): a round does per subscriber only index and flag
+/// work, so its cost stays small when a thousand subscribers watch one table.
 struct Prepared<'a> {
     table: Arc<TableInfo>,
+    subs: Arc<TableSubs>,
     change: Change<'a>,
     pk: Vec<String>,
-    candidates: Vec<Candidate>,
+    /// The channels (indexes into `subs.channels`) with a binding that matches the change.
+    candidates: Vec<u32>,
+    /// Per candidate: may see it. False until this round's security state says the role
+    /// exists (fail closed), then cleared again for rows RLS hides.
+    visible: Vec<bool>,
+    /// Per role of `subs.roles`: what it may read, from this round's [`Security`] (`None`:
+    /// gone, or not read yet).
+    access: Vec<Option<Arc<Access>>>,
+}
+
+impl Prepared<'_> {
+    /// The image filters are evaluated on: the old row for DELETE, else the new one.
+    fn filter_image(&self) -> Option<&[Cell<'_>]> {
+        if self.change.kind == Action::Delete {
+            self.change.old.as_deref()
+        } else {
+            self.change.new.as_deref()
+        }
+    }
+}
+
+/// True when `s` wants a change of `kind` on `table` whose filter image is `image`.
+fn wants(s: &Subscription, table: u32, kind: Action, image: Option<&[Cell<'_>]>) -> bool {
+    if s.table != table || (s.action != Action::All && s.action != kind) {
+        return false;
+    }
+    let Some(img) = image else {
+        return s.filters.is_empty();
+    };
+    s.filters
+        .iter()
+        .all(|f| f.matches(img.get(f.column).copied().unwrap_or(Cell::Missing)))
 }
 
 /// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time;
@@ -52,10 +76,15 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
             stamps.push((t, payload::commit_timestamp(t)));
         }
     }
+    // One view of each table's subscribers for the whole round, so viewer numbers agree
+    // across its changes.
+    let mut subs: HashMap<u32, Arc<TableSubs>> = HashMap::new();
     let mut prepared: Vec<Prepared<'_>> = Vec::with_capacity(changes.len());
     for (change, t) in changes.iter().zip(commit_us) {
         let ts = stamps.iter().find(|(s, _)| s == t).map_or("", |(_, s)| s.as_str());
-        if let Some(p) = prepare(pg, change, ts).await {
+        let oid = change.relation.id;
+        let table_subs = subs.entry(oid).or_insert_with(|| pg.registry.for_table(oid)).clone();
+        if let Some(p) = prepare(pg, table_subs, change, ts).await {
             prepared.push(p);
         }
     }
@@ -68,10 +97,9 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
     }
 }
 
-async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<Prepared<'a>> {
+async fn prepare<'a>(pg: &PgChanges, subs: Arc<TableSubs>, rc: &'a RowChange, ts: &'a str) -> Option<Prepared<'a>> {
     let oid = rc.relation.id;
-    let channels = pg.registry.for_table(oid);
-    if channels.is_empty() {
+    if subs.channels.is_empty() {
         return None;
     }
     let table = match pg.catalog.table(oid).await {
@@ -154,40 +182,22 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
         })
         .collect();
 
-    let mut candidates = Vec::new();
-    for ch in channels {
-        let matches: Vec<(u32, Option<Vec<usize>>)> = ch
-            .subs
-            .iter()
-            .filter(|s| s.table == oid && (s.action == Action::All || s.action == kind))
-            .filter(|s| {
-                let Some(img) = filter_image else {
-                    return s.filters.is_empty();
-                };
-                s.filters
-                    .iter()
-                    .all(|f| f.matches(img.get(f.column).copied().unwrap_or(Cell::Missing)))
-            })
-            .map(|s| (s.id, s.select.clone()))
-            .collect();
-        if matches.is_empty() {
-            continue;
-        }
-        candidates.push(Candidate {
-            channel: ch,
-            matches,
-            access: Arc::new(Access {
-                bypass_rls: false,
-                selectable: Vec::new(),
-            }),
-            visible: false,
-        });
-    }
+    let candidates: Vec<u32> = (0..subs.channels.len() as u32)
+        .filter(|&i| {
+            subs.channels[i as usize]
+                .subs
+                .iter()
+                .any(|s| wants(s, oid, kind, filter_image.map(Vec::as_slice)))
+        })
+        .collect();
     if candidates.is_empty() {
         return None;
     }
+    let visible = vec![false; candidates.len()];
     Some(Prepared {
         table,
+        access: vec![None; subs.roles.len()],
+        subs,
         change: Change {
             kind,
             commit_timestamp: ts,
@@ -199,6 +209,7 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
         },
         pk,
         candidates,
+        visible,
     })
 }
 
@@ -210,8 +221,8 @@ async fn prepare<'a>(pg: &PgChanges, rc: &'a RowChange, ts: &'a str) -> Option<P
 async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
     let mut pairs: Vec<(&TableInfo, &str)> = Vec::new();
     for p in prepared.iter() {
-        for c in &p.candidates {
-            let pair = (p.table.as_ref(), c.channel.role.as_str());
+        for role in &p.subs.roles {
+            let pair = (p.table.as_ref(), role.as_str());
             if !pairs.iter().any(|(t, r)| t.oid == pair.0.oid && *r == pair.1) {
                 pairs.push(pair);
             }
@@ -228,88 +239,119 @@ async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
     for p in prepared.iter_mut() {
         let oid = p.table.oid;
         p.change.rls = security.rls(oid).unwrap_or(true);
-        for c in &mut p.candidates {
-            match security.access(oid, &c.channel.role) {
-                Some(access) => {
-                    c.access = access;
-                    c.visible = true;
-                }
-                None => {
-                    debug!(role = %c.channel.role, table = %p.table.name, "role or table gone: change skipped for it")
-                }
+        for (r, role) in p.subs.roles.iter().enumerate() {
+            p.access[r] = security.access(oid, role);
+            if p.access[r].is_none() {
+                debug!(role = %role, table = %p.table.name, "role or table gone: change skipped for it");
             }
+        }
+        for (c, &ix) in p.candidates.iter().enumerate() {
+            p.visible[c] = p.access[p.subs.role_of[ix as usize] as usize].is_some();
         }
     }
     true
 }
 
-/// Viewers with the same table, role and claims get the same RLS answers. The last field
-/// is 0, or the channel when RLS batching is off (every subscriber checked on its own).
-type GroupKey = (u32, String, Arc<str>, ChannelId);
-/// (change index, candidate index) pairs of one group.
+/// (change index, candidate index) pairs of one viewer group.
 type Members = Vec<(usize, usize)>;
+
+/// One table's subscribers that get the same RLS answers: per group (a viewer, or a
+/// channel when RLS batching is off), its members in change order.
+struct TableGroups {
+    subs: Arc<TableSubs>,
+    groups: Vec<Members>,
+}
+
+/// One group to check: a channel standing for it (index into the table's subscribers)
+/// and its members.
+struct Pending {
+    rep: usize,
+    members: Members,
+}
 
 /// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
 /// Supabase); tables without RLS and roles with BYPASSRLS need no query.
 async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) {
-    // (table, role, claims) → [(change index, candidate index)]
-    let mut groups: HashMap<GroupKey, Members> = HashMap::new();
+    let mut by_table: HashMap<u32, TableGroups> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
         if !p.change.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
             continue;
         }
-        for (ci, c) in p.candidates.iter().enumerate() {
-            if c.access.bypass_rls || !c.visible {
+        let subs = &p.subs;
+        let table = by_table.entry(p.table.oid).or_insert_with(|| TableGroups {
+            subs: subs.clone(),
+            groups: vec![
+                Vec::new();
+                if pg.rls_batch {
+                    subs.viewers.len()
+                } else {
+                    subs.channels.len()
+                }
+            ],
+        });
+        for (ci, &ix) in p.candidates.iter().enumerate() {
+            let ix = ix as usize;
+            let bypass = p.access[subs.role_of[ix] as usize]
+                .as_ref()
+                .is_none_or(|a| a.bypass_rls);
+            if !p.visible[ci] || bypass {
                 continue;
             }
-            let own = if pg.rls_batch { 0 } else { c.channel.channel };
-            groups
-                .entry((p.table.oid, c.channel.role.clone(), c.channel.claims.clone(), own))
-                .or_default()
-                .push((pi, ci));
+            let g = if pg.rls_batch { subs.viewer_of[ix] as usize } else { ix };
+            if let Some(members) = table.groups.get_mut(g) {
+                members.push((pi, ci));
+            }
         }
     }
-    if groups.is_empty() {
+    by_table.retain(|_, t| t.groups.iter().any(|m| !m.is_empty()));
+    if by_table.is_empty() {
         return;
     }
     // The checks read the live rows: they must see these transactions.
     rls::wait_visible(&pg.pool, xids).await;
-    // Per table: one batched call for all its viewers.
-    let mut by_table: HashMap<u32, Vec<(GroupKey, Members)>> = HashMap::new();
-    for (key, members) in groups {
-        by_table.entry(key.0).or_default().push((key, members));
-    }
-    for (_, groups) in by_table {
-        let (first_p, _) = groups[0].1[0];
-        let table = prepared[first_p].table.clone();
+    for (_, TableGroups { subs, groups }) in by_table {
+        let groups: Vec<Pending> = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(g, members)| Pending {
+                rep: if pg.rls_batch { subs.viewers[g] as usize } else { g },
+                members,
+            })
+            .collect();
+        let table = prepared[groups[0].members[0].0].table.clone();
+        let viewer = |g: &Pending| {
+            let ch = &subs.channels[g.rep];
+            Group {
+                viewer: Viewer {
+                    role: &ch.role,
+                    claims: &ch.claims,
+                    sub: ch.sub.as_deref(),
+                },
+                claims: &ch.claims,
+            }
+        };
         // Distinct rows of each group, in order.
         let rows: Vec<Vec<usize>> = groups
             .iter()
-            .map(|(_, members)| {
-                let mut r: Vec<usize> = members.iter().map(|(p, _)| *p).collect();
+            .map(|g| {
+                let mut r: Vec<usize> = g.members.iter().map(|(p, _)| *p).collect();
                 r.dedup();
                 r
             })
-            .collect();
-        let subs: Vec<Option<String>> = groups
-            .iter()
-            .map(|(_, m)| prepared[m[0].0].candidates[m[0].1].channel.sub.clone())
             .collect();
         // Per group, per its rows: the answer, once known.
         let mut answers: Vec<Option<Result<Vec<bool>, tokio_postgres::Error>>> =
             (0..groups.len()).map(|_| None).collect();
         if pg.rls_batch {
-            shared_checks(pg, prepared, &table, &groups, &rows, &subs, &mut answers).await;
+            let viewers: Vec<Group<'_>> = groups.iter().map(viewer).collect();
+            shared_checks(pg, prepared, &table, &viewers, &rows, &mut answers).await;
         }
         let remaining: Vec<usize> = (0..groups.len()).filter(|&g| answers[g].is_none()).collect();
         let checks: Vec<Check<'_>> = remaining
             .iter()
             .map(|&g| Check {
-                viewer: Viewer {
-                    role: &groups[g].0 .1,
-                    claims: &groups[g].0 .2,
-                    sub: subs[g].as_deref(),
-                },
+                viewer: viewer(&groups[g]).viewer,
                 rows: rows[g].iter().map(|&p| prepared[p].pk.clone()).collect(),
             })
             .collect();
@@ -321,57 +363,47 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
             }
         }
         let verdicts = answers.into_iter().map(|a| a.unwrap_or_else(|| Ok(Vec::new())));
-        for (((key, members), rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
+        for ((group, rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|e| {
                 // Isolated: only this viewer misses these rows (Supabase issue #2093).
-                warn!(role = %key.1, table = %table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
+                warn!(role = %subs.channels[group.rep].role, table = %table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
                 vec![false; rows.len()]
             });
-            for &(p, c) in members {
+            for &(p, c) in &group.members {
                 // `rows` is sorted (members are pushed in change order).
                 let visible = rows
                     .binary_search(&p)
                     .ok()
                     .and_then(|at| verdict.get(at).copied())
                     .unwrap_or(false);
-                prepared[p].candidates[c].visible = visible;
+                prepared[p].visible[c] = visible;
             }
         }
     }
 }
 
-/// The one-statement check per role ([`rls_shared`]): fills `answers` for the groups it
-/// could decide; the rest stay `None` for the per-viewer check.
+/// The one-statement check per role ([`rls_shared`]): fills `answers` for the groups
+/// (`viewers[g]`, its `rows[g]`) it could decide; the rest stay `None` for the per-viewer
+/// check.
 async fn shared_checks(
     pg: &PgChanges,
     prepared: &[Prepared<'_>],
     table: &TableInfo,
-    groups: &[(GroupKey, Members)],
+    viewers: &[Group<'_>],
     rows: &[Vec<usize>],
-    subs: &[Option<String>],
     answers: &mut [Option<Result<Vec<bool>, tokio_postgres::Error>>],
 ) {
-    let mut roles: Vec<&str> = groups.iter().map(|(k, _)| k.1.as_str()).collect();
+    let mut roles: Vec<&str> = viewers.iter().map(|v| v.viewer.role).collect();
     roles.sort_unstable();
     roles.dedup();
     for role in roles {
-        let of_role: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].0 .1 == role).collect();
+        let of_role: Vec<usize> = (0..viewers.len()).filter(|&g| viewers[g].viewer.role == role).collect();
         let mut union: Vec<usize> = of_role.iter().flat_map(|&g| rows[g].iter().copied()).collect();
         union.sort_unstable();
         union.dedup();
         let keys: Vec<&[String]> = union.iter().map(|&p| prepared[p].pk.as_slice()).collect();
-        let viewers: Vec<Group<'_>> = of_role
-            .iter()
-            .map(|&g| Group {
-                viewer: Viewer {
-                    role,
-                    claims: &groups[g].0 .2,
-                    sub: subs[g].as_deref(),
-                },
-                claims: &groups[g].0 .2,
-            })
-            .collect();
-        let Some(found) = pg.shared_rls.check(&pg.pool, table, role, &viewers, &keys).await else {
+        let groups: Vec<Group<'_>> = of_role.iter().map(|&g| viewers[g]).collect();
+        let Some(found) = pg.shared_rls.check(&pg.pool, table, role, &groups, &keys).await else {
             continue;
         };
         for (&g, seen) in of_role.iter().zip(found) {
@@ -407,20 +439,25 @@ fn push(p: &Prepared<'_>, max_record_bytes: usize) {
     let mut built: HashMap<Vec<bool>, Vec<u8>> = HashMap::new();
     let mut frames: HashMap<FrameKey<'_>, WireFrame> = HashMap::new();
     let mut queued = 0;
-    for c in p.candidates.iter().filter(|c| c.visible) {
+    let image = p.filter_image();
+    for (&ix, _) in p.candidates.iter().zip(&p.visible).filter(|(_, v)| **v) {
+        let ch = &p.subs.channels[ix as usize];
+        let Some(access) = &p.access[p.subs.role_of[ix as usize] as usize] else {
+            continue;
+        };
         // Bindings of one channel with the same select list share a frame.
-        let mut by_select: Vec<(Option<Vec<usize>>, Vec<u32>)> = Vec::new();
-        for (id, select) in &c.matches {
-            match by_select.iter_mut().find(|(s, _)| s == select) {
-                Some((_, ids)) => ids.push(*id),
-                None => by_select.push((select.clone(), vec![*id])),
+        let mut by_select: Vec<(Option<&[usize]>, Vec<u32>)> = Vec::new();
+        for s in ch.subs.iter().filter(|s| wants(s, table.oid, p.change.kind, image)) {
+            let select = s.select.as_deref();
+            match by_select.iter_mut().find(|(sel, _)| *sel == select) {
+                Some((_, ids)) => ids.push(s.id),
+                None => by_select.push((select, vec![s.id])),
             }
         }
-        let ch = &c.channel;
         for (select, ids) in by_select {
             let columns: Vec<bool> = (0..table.columns.len())
                 .map(|i| {
-                    c.access.selectable.get(i).copied().unwrap_or(false)
+                    access.selectable.get(i).copied().unwrap_or(false)
                         && select.as_ref().is_none_or(|s| s.contains(&i) || table.pk.contains(&i))
                 })
                 .collect();
@@ -430,7 +467,7 @@ fn push(p: &Prepared<'_>, max_record_bytes: usize) {
                     let pk_selectable = table
                         .pk
                         .iter()
-                        .all(|&i| c.access.selectable.get(i).copied().unwrap_or(false));
+                        .all(|&i| access.selectable.get(i).copied().unwrap_or(false));
                     let data = built
                         .entry(columns.clone())
                         .or_insert_with(|| payload::data(table, &p.change, columns, pk_selectable, max_record_bytes));

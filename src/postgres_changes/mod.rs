@@ -309,9 +309,9 @@ impl PgChanges {
         }
         info!(table = %cached.name, "table shape changed: re-reading the catalog and re-subscribing");
         self.catalog.invalidate(relation.id);
-        for entry in self.registry.for_table(relation.id) {
-            let pg = self.clone();
-            tokio::spawn(async move { pg.resolve(entry.channel).await });
+        for entry in &self.registry.for_table(relation.id).channels {
+            let (pg, channel) = (self.clone(), entry.channel);
+            tokio::spawn(async move { pg.resolve(channel).await });
         }
     }
 

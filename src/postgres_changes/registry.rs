@@ -37,10 +37,62 @@ pub struct ChannelSubs {
     pub subs: Vec<Subscription>,
 }
 
+/// The channels subscribed to one table, with their viewers numbered: what a delivery
+/// round works from. Built once per change of the registry (not per row change), so a
+/// round touches each subscriber through plain indexes instead of hashing its claims.
+#[derive(Debug, Default)]
+pub struct TableSubs {
+    /// The channels.
+    pub channels: Vec<Arc<ChannelSubs>>,
+    /// The distinct roles among them.
+    pub roles: Vec<String>,
+    /// Per channel: its role, an index into `roles`.
+    pub role_of: Vec<u32>,
+    /// The distinct viewers (role and claims): per viewer, a channel that has them.
+    pub viewers: Vec<u32>,
+    /// Per channel: its viewer, an index into `viewers`.
+    pub viewer_of: Vec<u32>,
+}
+
+impl TableSubs {
+    fn new(channels: Vec<Arc<ChannelSubs>>) -> TableSubs {
+        let mut roles: Vec<String> = Vec::new();
+        let mut role_of = Vec::with_capacity(channels.len());
+        let mut viewers = Vec::new();
+        let mut viewer_of = Vec::with_capacity(channels.len());
+        let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+        for (i, ch) in channels.iter().enumerate() {
+            let role = match roles.iter().position(|r| *r == ch.role) {
+                Some(r) => r,
+                None => {
+                    roles.push(ch.role.clone());
+                    roles.len() - 1
+                }
+            };
+            role_of.push(role as u32);
+            let next = viewers.len() as u32;
+            let viewer = *seen.entry((&ch.role, &ch.claims)).or_insert(next);
+            if viewer == next {
+                viewers.push(i as u32);
+            }
+            viewer_of.push(viewer);
+        }
+        TableSubs {
+            channels,
+            roles,
+            role_of,
+            viewers,
+            viewer_of,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     channels: HashMap<ChannelId, Arc<ChannelSubs>>,
     by_table: HashMap<u32, HashSet<ChannelId>>,
+    /// [`TableSubs`] built since the table's subscribers last changed.
+    built: HashMap<u32, Arc<TableSubs>>,
 }
 
 /// The subscription registry.
@@ -56,6 +108,7 @@ impl Registry {
         Self::unindex(&mut inner, entry.channel);
         for s in &entry.subs {
             inner.by_table.entry(s.table).or_default().insert(entry.channel);
+            inner.built.remove(&s.table);
         }
         inner.channels.insert(entry.channel, Arc::new(entry));
     }
@@ -82,6 +135,7 @@ impl Registry {
         Self::unindex(&mut inner, channel);
         for s in &entry.subs {
             inner.by_table.entry(s.table).or_default().insert(channel);
+            inner.built.remove(&s.table);
         }
         inner.channels.insert(channel, Arc::new(entry));
         true
@@ -97,6 +151,7 @@ impl Registry {
     fn unindex(inner: &mut Inner, channel: ChannelId) {
         if let Some(old) = inner.channels.get(&channel).cloned() {
             for s in &old.subs {
+                inner.built.remove(&s.table);
                 if let Some(set) = inner.by_table.get_mut(&s.table) {
                     set.remove(&channel);
                     if set.is_empty() {
@@ -108,13 +163,22 @@ impl Registry {
     }
 
     /// Channels with a subscription on `table`.
-    pub fn for_table(&self, table: u32) -> Vec<Arc<ChannelSubs>> {
-        let inner = crate::sync::read(&self.inner, "postgres changes registry");
-        inner
+    pub fn for_table(&self, table: u32) -> Arc<TableSubs> {
+        if let Some(built) = crate::sync::read(&self.inner, "postgres changes registry")
+            .built
+            .get(&table)
+        {
+            return built.clone();
+        }
+        let mut inner = crate::sync::write(&self.inner, "postgres changes registry");
+        let channels: Vec<Arc<ChannelSubs>> = inner
             .by_table
             .get(&table)
             .map(|ids| ids.iter().filter_map(|id| inner.channels.get(id).cloned()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let built = Arc::new(TableSubs::new(channels));
+        inner.built.insert(table, built.clone());
+        built
     }
 
     /// Every registered channel.

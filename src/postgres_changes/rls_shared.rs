@@ -52,6 +52,7 @@ pub struct SharedRls {
 }
 
 /// One viewer group of a role.
+#[derive(Clone, Copy)]
 pub struct Group<'a> {
     /// Who.
     pub viewer: Viewer<'a>,
