@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use tracing::{debug, info, warn};
 
 use super::catalog::{quote_ident, TableInfo};
-use super::policy::{self, GroupValue, Guard, Plan, SharedPlan, GUARD, SHARED_SETTINGS};
+use super::policy::{self, guard_function_sql, GroupValue, Guard, Plan, SharedPlan, GUARD_FUNCTION, SHARED_SETTINGS};
 use super::pool::Pool;
 use super::rls::Viewer;
 use crate::observability::metrics::{Rls, RlsTimer};
@@ -198,7 +198,8 @@ impl SharedRls {
 /// Reads the guard and classifies; `None` if the table is gone.
 async fn make_plan(pool: &Pool, table: &TableInfo, role: &str) -> Result<Option<Entry>, tokio_postgres::Error> {
     let mut conn = pool.checkout().await?;
-    let read = format!("select ({GUARD})::text");
+    let read = format!("select {GUARD_FUNCTION}($1::oid, $2::text, $3::text[])::text");
+    conn.ensure_function(GUARD_FUNCTION, &guard_function_sql()).await?;
     conn.batch_execute(SHARED_SETTINGS).await?;
     let result = async {
         let statement = conn.prepare_cached(&read).await?;
@@ -353,7 +354,7 @@ fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
         join.push("false".to_owned());
     }
     format!(
-        "with __rs_guard as materialized (select ({GUARD}) = $4::text::jsonb as __rs_ok) \
+        "with __rs_guard as materialized (select {GUARD_FUNCTION}($1::oid, $2::text, $3::text[]) = $4::text::jsonb as __rs_ok) \
          select __rs_k.__rs_ki, __rs_g.__rs_gi from __rs_guard \
          cross join unnest({}) as __rs_k({}) \
          join {}.{own} on {} \
@@ -424,6 +425,7 @@ async fn run(
     args.extend(value_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
 
     let mut conn = pool.checkout().await?;
+    conn.ensure_function(GUARD_FUNCTION, &guard_function_sql()).await?;
     conn.batch_execute(SHARED_SETTINGS).await?;
     let result = async {
         let statement = conn.prepare_cached(&sql).await?;
