@@ -88,10 +88,21 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
             prepared.push(p);
         }
     }
-    if !apply_security(pg, &mut prepared).await {
+    // The RLS checks read the live rows, so they must see these transactions; waiting for
+    // that overlaps the security read (one round trip of latency instead of two).
+    let may_check = prepared
+        .iter()
+        .any(|p| p.change.kind != Action::Delete && !p.table.pk.is_empty());
+    let visible = async {
+        if may_check {
+            rls::wait_visible(&pg.pool, xids).await;
+        }
+    };
+    let (secured, ()) = tokio::join!(apply_security(pg, &mut prepared), visible);
+    if !secured {
         return;
     }
-    check_rls(pg, &mut prepared, xids).await;
+    check_rls(pg, &mut prepared).await;
     for p in &prepared {
         push(p, pg.max_record_bytes);
     }
@@ -271,7 +282,7 @@ struct Pending {
 
 /// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
 /// Supabase); tables without RLS and roles with BYPASSRLS need no query.
-async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) {
+async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
     let mut by_table: HashMap<u32, TableGroups> = HashMap::new();
     for (pi, p) in prepared.iter().enumerate() {
         if !p.change.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
@@ -307,8 +318,6 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>], xids: &[u32]) 
     if by_table.is_empty() {
         return;
     }
-    // The checks read the live rows: they must see these transactions.
-    rls::wait_visible(&pg.pool, xids).await;
     for (_, TableGroups { subs, groups }) in by_table {
         let groups: Vec<Pending> = groups
             .into_iter()

@@ -63,6 +63,11 @@ impl Conn<'_> {
         Ok(statement)
     }
 
+    /// `sql` if [`Self::prepare_cached`] prepared it on this connection already.
+    pub fn cached(&self, sql: &str) -> Option<Statement> {
+        self.guard.as_ref().and_then(|slot| slot.statements.get(sql).cloned())
+    }
+
     /// Runs `create` (which creates the `pg_temp` function `name`) once per connection.
     pub async fn ensure_function(&mut self, name: &str, create: &str) -> Result<(), tokio_postgres::Error> {
         let Some(slot) = self.guard.as_mut() else {

@@ -424,17 +424,33 @@ async fn run(
     args.push(&group_index);
     args.extend(value_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
 
+    let started = Instant::now();
     let mut conn = pool.checkout().await?;
     conn.ensure_function(GUARD_FUNCTION, &guard_function_sql()).await?;
-    conn.batch_execute(SHARED_SETTINGS).await?;
-    let result = async {
-        let statement = conn.prepare_cached(&sql).await?;
-        conn.query(&statement, &args).await
-    }
-    .await;
-    if let Err(e) = conn.batch_execute("rollback").await {
+    let statement = match conn.cached(&sql) {
+        Some(statement) => statement,
+        None => {
+            // Prepared under the check's settings: names resolve as they will run.
+            conn.batch_execute(SHARED_SETTINGS).await?;
+            let statement = conn.prepare_cached(&sql).await;
+            conn.batch_execute("rollback").await?;
+            statement?
+        }
+    };
+    // Pipelined: the three are sent at once and answered in order, one round trip. Each
+    // answer is checked, so a failed `begin` cannot let the check count.
+    let conn = &*conn;
+    let (settings, result, rollback) = tokio::join!(
+        conn.batch_execute(SHARED_SETTINGS),
+        conn.query(&statement, &args),
+        conn.batch_execute("rollback")
+    );
+    debug!(table = %table.name, rows = rows.len(), groups = ready.len(),
+        pairs = result.as_ref().map_or(0, Vec::len), ms = started.elapsed().as_secs_f64() * 1e3, "shared RLS check");
+    if let Err(e) = rollback {
         debug!(error = %e, "rollback after the shared RLS check failed");
     }
+    settings?;
     let mut pairs = Vec::new();
     for row in result? {
         let (Ok(r), Ok(g)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
