@@ -391,33 +391,10 @@ async fn run(
     let key_columns: Vec<Vec<&str>> = (0..table.pk.len())
         .map(|k| rows.iter().map(|r| r.get(k).map_or("", String::as_str)).collect())
         .collect();
-    let group_index: Vec<i32> = (0..ready.len() as i32).collect();
-    let value_columns: Vec<Vec<Option<&str>>> = plan
-        .values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            ready
-                .iter()
-                .map(|&g| {
-                    let viewer = &groups[g].viewer;
-                    match v {
-                        GroupValue::Claims => Some(viewer.claims),
-                        GroupValue::Sub => Some(viewer.sub.unwrap_or("")),
-                        GroupValue::Role => Some(viewer.role),
-                        GroupValue::Function { .. } => {
-                            // Function values are stored in call order, which is the order
-                            // of the `Function` entries among `values`.
-                            let nth = plan.values[..i]
-                                .iter()
-                                .filter(|x| matches!(x, GroupValue::Function { .. }))
-                                .count();
-                            values[g].as_ref().and_then(|vs| vs.get(nth)).and_then(|v| v.as_deref())
-                        }
-                    }
-                })
-                .collect()
-        })
+    let (distinct, members) = distinct_values(plan, groups, values, ready);
+    let group_index: Vec<i32> = (0..distinct.len() as i32).collect();
+    let value_columns: Vec<Vec<Option<&str>>> = (0..plan.values.len())
+        .map(|i| distinct.iter().map(|tuple| tuple[i]).collect())
         .collect();
     let mut args: Vec<&(dyn ToSql + Sync)> = vec![&table.oid, &role, &plan.builtins, &guard, &row_index];
     args.extend(key_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -445,7 +422,7 @@ async fn run(
         conn.query(&statement, &args),
         conn.batch_execute("rollback")
     );
-    debug!(table = %table.name, rows = rows.len(), groups = ready.len(),
+    debug!(table = %table.name, rows = rows.len(), groups = ready.len(), distinct = distinct.len(),
         pairs = result.as_ref().map_or(0, Vec::len), ms = started.elapsed().as_secs_f64() * 1e3, "shared RLS check");
     if let Err(e) = rollback {
         debug!(error = %e, "rollback after the shared RLS check failed");
@@ -459,9 +436,62 @@ async fn run(
         if r < 0 {
             return Ok(None);
         }
-        if let (Ok(r), Ok(g)) = (usize::try_from(r), usize::try_from(g)) {
-            pairs.push((r, g));
+        if let (Ok(r), Some(of)) = (usize::try_from(r), usize::try_from(g).ok().and_then(|g| members.get(g))) {
+            pairs.extend(of.iter().map(|&g| (r, g)));
         }
     }
     Ok(Some(pairs))
+}
+
+/// The distinct tuples of group values among the `ready` groups, and per tuple the
+/// groups (indexes into `ready`) that have it. The rewritten policy reads a viewer only
+/// through these values, so groups with equal tuples get equal answers: with a `true`
+/// policy a thousand viewers are one group, with `user_id = auth.uid()` two tabs of one
+/// user are one.
+fn distinct_values<'a>(
+    plan: &SharedPlan,
+    groups: &[Group<'a>],
+    values: &'a [Values],
+    ready: &[usize],
+) -> (Vec<Vec<Option<&'a str>>>, Vec<Vec<usize>>) {
+    // Function values are stored in call order: the order of the `Function` entries.
+    let mut nth = 0;
+    let slots: Vec<Option<usize>> = plan
+        .values
+        .iter()
+        .map(|v| {
+            matches!(v, GroupValue::Function { .. }).then(|| {
+                nth += 1;
+                nth - 1
+            })
+        })
+        .collect();
+    let mut index: HashMap<Vec<Option<&'a str>>, usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for (at, &g) in ready.iter().enumerate() {
+        let viewer = &groups[g].viewer;
+        let tuple: Vec<Option<&'a str>> = plan
+            .values
+            .iter()
+            .zip(&slots)
+            .map(|(v, slot)| match v {
+                GroupValue::Claims => Some(viewer.claims),
+                GroupValue::Sub => Some(viewer.sub.unwrap_or("")),
+                GroupValue::Role => Some(viewer.role),
+                GroupValue::Function { .. } => values[g]
+                    .as_ref()
+                    .zip(*slot)
+                    .and_then(|(vs, n)| vs.get(n))
+                    .and_then(|v| v.as_deref()),
+            })
+            .collect();
+        let d = *index.entry(tuple.clone()).or_insert_with(|| {
+            distinct.push(tuple);
+            members.push(Vec::new());
+            members.len() - 1
+        });
+        members[d].push(at);
+    }
+    (distinct, members)
 }
