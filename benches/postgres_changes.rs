@@ -252,19 +252,9 @@ async fn main() {
 /// Roles, Supabase's `auth` helpers, the members of shape d's teams, and per shape an RLS
 /// table and its RLS-off twin, prefilled and analyzed.
 async fn setup(pg: &pg::Pg, o: &Options) {
+    pg.exec(realtime::dev::ROLES_SQL).await;
     pg.exec(
-        "create role anon nologin; create role authenticated nologin;
-         grant usage on schema public to anon, authenticated;
-         create schema auth; grant usage on schema auth to anon, authenticated;
-         create function auth.jwt() returns jsonb language sql stable as $f$
-           select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
-                           nullif(current_setting('request.jwt.claims', true), ''))::jsonb
-         $f$;
-         create function auth.uid() returns uuid language sql stable as $f$
-           select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                           nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
-         $f$;
-         create table public.members (team int not null, user_id uuid not null, primary key (team, user_id));
+        "create table public.members (team int not null, user_id uuid not null, primary key (team, user_id));
          grant select on public.members to authenticated;
          create publication supabase_realtime;",
     )

@@ -33,27 +33,13 @@ const USERS: [&str; 5] = [
 const TEAMS: [&str; 4] = ["red", "blue", "green", "Blocked"];
 const STATUSES: [&str; 4] = ["open", "done", "archived", "draft"];
 
-/// Supabase's roles (no inheritance, as on Supabase) plus an inheriting `editor` that is a
-/// member of `staff`, and the auth helpers as Supabase defines them.
+/// After [`realtime::dev::ROLES_SQL`] (Supabase's roles, without inheritance as on
+/// Supabase, and auth helpers): an inheriting `editor` that is a member of `staff`.
 const SCHEMA: &str = r#"
-create role anon nologin noinherit; create role authenticated nologin noinherit;
 create role staff nologin; create role editor nologin inherit; grant staff to editor;
 grant staff to authenticated;
-grant usage on schema public to anon, authenticated, editor, staff;
-create schema auth;
-grant usage on schema auth to anon, authenticated, editor, staff;
-create function auth.jwt() returns jsonb language sql stable as $f$
-  select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), ''))::jsonb
-$f$;
-create function auth.uid() returns uuid language sql stable as $f$
-  select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
-$f$;
-create function auth.role() returns text language sql stable as $f$
-  select coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
-$f$;
+grant usage on schema public to editor, staff;
+grant usage on schema auth to editor, staff;
 "#;
 
 /// xorshift64*: reproducible from the printed seed.
@@ -214,6 +200,7 @@ async fn the_shared_check_agrees_with_the_per_viewer_check() {
     eprintln!("RLS_DIFF_SEED={seed} RLS_DIFF_SCHEMAS={schemas}");
     let mut r = Rng(seed);
     let pg = Pg::start();
+    pg.exec(realtime::dev::ROLES_SQL).await;
     pg.exec(SCHEMA).await;
     let pool = Arc::new(Pool::new(pg.url().parse().unwrap(), 2));
     let catalog = Catalog::new(pool.clone());

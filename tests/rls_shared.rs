@@ -20,21 +20,9 @@ const USERS: [&str; 3] = [
     "33333333-3333-3333-3333-333333333333",
 ];
 
-/// Supabase's roles and auth helpers (as `src/dev/roles.sql` creates them), a `todos`
+/// After [`realtime::dev::ROLES_SQL`] (Supabase's roles and auth helpers): a `todos`
 /// table with RLS, and a `members` join table.
 const SCHEMA: &str = r#"
-create role anon nologin; create role authenticated nologin; create role service_role nologin bypassrls;
-grant usage on schema public to anon, authenticated, service_role;
-create schema auth;
-grant usage on schema auth to anon, authenticated, service_role;
-create function auth.jwt() returns jsonb language sql stable as $f$
-  select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), ''))::jsonb
-$f$;
-create function auth.uid() returns uuid language sql stable as $f$
-  select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
-$f$;
 create table public.todos (id bigint primary key, user_id uuid, team text, body text);
 alter table public.todos enable row level security;
 grant select on public.todos to authenticated, service_role;
@@ -51,6 +39,7 @@ fn token_for(i: usize) -> String {
 
 async fn setup(policies: &str) -> (Pg, Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let pg = Pg::start();
+    pg.exec(realtime::dev::ROLES_SQL).await;
     pg.exec(SCHEMA).await;
     pg.exec(policies).await;
     let (server, logs) = Server::start_capturing_stderr(&[

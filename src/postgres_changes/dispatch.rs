@@ -98,14 +98,24 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
             rls::wait_visible(&pg.pool, xids).await;
         }
     };
+    let started = std::time::Instant::now();
     let (secured, ()) = tokio::join!(apply_security(pg, &mut prepared), visible);
     if !secured {
         return;
     }
+    let secured_at = started.elapsed();
     check_rls(pg, &mut prepared).await;
+    let checked_at = started.elapsed();
     for p in &prepared {
         push(p, pg.max_record_bytes);
     }
+    debug!(
+        changes = prepared.len(),
+        security_ms = secured_at.as_secs_f64() * 1e3,
+        rls_ms = (checked_at - secured_at).as_secs_f64() * 1e3,
+        push_ms = (started.elapsed() - checked_at).as_secs_f64() * 1e3,
+        "postgres changes round"
+    );
 }
 
 async fn prepare<'a>(pg: &PgChanges, subs: Arc<TableSubs>, rc: &'a RowChange, ts: &'a str) -> Option<Prepared<'a>> {
