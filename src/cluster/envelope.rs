@@ -44,9 +44,9 @@ use std::sync::Arc;
 
 use super::rows::{self, Relayed};
 use super::state_wire::{self, NodeState};
-use crate::presence::server::Record;
 use crate::fanout::TopicKey;
 use crate::observability::state::StreamState;
+use crate::presence::server::Record;
 use crate::presence::state::{Delta, FullState, LocalChanges, Meta, ReplicaId, TaggedEntry};
 use crate::publish::history::Stored;
 use crate::replication::Batch;
@@ -596,7 +596,11 @@ mod tests {
         let env = decode(&encode_heartbeat(9, true)).expect("decodes");
         assert_eq!((env.origin, env.body), (9, Body::Heartbeat { ready: true }));
         let old = decode(&encode_heartbeat(9, false).slice(..13)).expect("decodes");
-        assert_eq!(old.body, Body::Heartbeat { ready: false }, "a heartbeat without the byte");
+        assert_eq!(
+            old.body,
+            Body::Heartbeat { ready: false },
+            "a heartbeat without the byte"
+        );
     }
 
     #[test]

@@ -157,10 +157,7 @@ impl Occupancy {
 /// moves only the topics it ranked first for (to the node ranked second).
 pub fn ranked(key: &TopicKey, candidates: &[u64], n: usize) -> Vec<u64> {
     let topic = topic_hash(key);
-    let mut scored: Vec<(u64, u64)> = candidates
-        .iter()
-        .map(|node| (mix(topic ^ mix(*node)), *node))
-        .collect();
+    let mut scored: Vec<(u64, u64)> = candidates.iter().map(|node| (mix(topic ^ mix(*node)), *node)).collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
     scored.dedup_by_key(|s| s.1);
     scored.into_iter().take(n).map(|(_, node)| node).collect()
@@ -280,15 +277,16 @@ mod tests {
         for (k, r) in topics.iter().zip(&before) {
             let now = reporter(k, &survivors);
             if *r == 22 {
-                assert_eq!(now, ranked(k, &nodes, 2).get(1).copied(), "the second in rank takes over");
+                assert_eq!(
+                    now,
+                    ranked(k, &nodes, 2).get(1).copied(),
+                    "the second in rank takes over"
+                );
             } else {
                 assert_eq!(now, Some(*r), "only the dead node's topics move");
             }
         }
-        assert_ne!(
-            reporter(&TopicKey::new("realtime:x", true), &nodes).map(|_| 0),
-            None
-        );
+        assert_ne!(reporter(&TopicKey::new("realtime:x", true), &nodes).map(|_| 0), None);
         assert_eq!(reporter(&key("realtime:x"), &[]), None);
     }
 }

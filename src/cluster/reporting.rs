@@ -44,7 +44,7 @@ use super::occupancy::{self, Occupancy, Report};
 use super::state_wire::{self, NodeState, Parts};
 use super::{ClusterBroker, SUBSCRIBE_WAIT};
 use crate::fanout::TopicKey;
-use crate::presence::server::{Record, SERVER_FIELD};
+use crate::presence::server::Record;
 use crate::presence::state::{Diff, ReplicaId};
 use crate::webhooks::Webhooks;
 
@@ -172,8 +172,7 @@ impl ClusterBroker {
                 self.send_nodes(state_wire::encode_reported(self.origin, key, occupied));
             }
         }
-        let follow =
-            self.webhooks.get().is_some() && ranked.contains(&self.origin) && st.occupancy.occupied(key);
+        let follow = self.webhooks.get().is_some() && ranked.contains(&self.origin) && st.occupancy.occupied(key);
         self.set_follow(st, key, FOLLOW_REPORTER, follow);
     }
 
@@ -246,7 +245,11 @@ impl ClusterBroker {
             Ok(Some(state)) => state,
             Ok(None) => return,
             Err(n) => {
-                warn!(node = format_args!("{origin:016x}"), part = n, "cluster: a part of a node's state was lost; waiting for its next state");
+                warn!(
+                    node = format_args!("{origin:016x}"),
+                    part = n,
+                    "cluster: a part of a node's state was lost; waiting for its next state"
+                );
                 return;
             }
         };
@@ -315,12 +318,21 @@ impl ClusterBroker {
     pub(super) fn node_gone(&self, node: u64) {
         let candidates = self.candidates();
         if let Some((hub, publish)) = self.attached() {
+            // Adopted before the dead replica is removed, so a topic's members get the new
+            // entry and the old one's leave in one diff and never see the key go.
             let dead_records = hub.server_held_by(node);
-            let adopted = |key: &TopicKey, presence_key: &str| {
-                dead_records
-                    .iter()
-                    .any(|(k, pk, _)| k == key && pk == presence_key)
-            };
+            for (key, presence_key, _) in &dead_records {
+                let Some(new_holder) = occupancy::reporter(key, &candidates) else {
+                    continue;
+                };
+                if let Some(record) = hub.adopt_server(&publish, key, presence_key, node, new_holder) {
+                    info!(topic = %key.topic, key = %presence_key, "cluster: took over a dead node's server presence");
+                    self.server_changed(key, presence_key, Some(&record));
+                }
+            }
+            // An adopted entry did not leave: no webhook for it (matched by its old ref).
+            let adopted =
+                |key: &TopicKey, phx_ref: &str| dead_records.iter().any(|(k, _, r)| k == key && r.phx_ref == phx_ref);
             for (key, diff) in hub.remove_replica(&publish, ReplicaId(node)) {
                 if occupancy::reporter(&key, &candidates) != Some(self.origin) {
                     continue;
@@ -328,9 +340,7 @@ impl ClusterBroker {
                 let leaves: Vec<_> = diff
                     .leaves
                     .into_iter()
-                    .filter(|(k, meta)| {
-                        !(meta.payload.get(SERVER_FIELD) == Some(&serde_json::Value::Bool(true)) && adopted(&key, k))
-                    })
+                    .filter(|(_, meta)| !adopted(&key, &meta.phx_ref))
                     .collect();
                 if !leaves.is_empty() {
                     info!(topic = %key.topic, leaves = leaves.len(), "cluster: reporting a dead node's presence leaves");
@@ -341,15 +351,6 @@ impl ClusterBroker {
                             leaves,
                         },
                     );
-                }
-            }
-            for (key, presence_key, _) in &dead_records {
-                let Some(new_holder) = occupancy::reporter(key, &candidates) else {
-                    continue;
-                };
-                if let Some(record) = hub.adopt_server(&publish, key, presence_key, node, new_holder) {
-                    info!(topic = %key.topic, key = %presence_key, "cluster: took over a dead node's server presence");
-                    self.server_changed(key, presence_key, Some(&record));
                 }
             }
         }

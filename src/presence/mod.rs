@@ -325,13 +325,12 @@ impl PresenceHub {
             let online: Vec<_> = records.iter().collect();
             return Snapshot {
                 online_json: server::with_records("{}", &online),
-                last_seen: self.last_seen.recent(key, now_millis(), |k| online.iter().any(|(p, _)| p == k)),
+                last_seen: self
+                    .last_seen
+                    .recent(key, now_millis(), |k| online.iter().any(|(p, _)| p == k)),
             };
         };
-        let missing: Vec<_> = records
-            .iter()
-            .filter(|(k, _)| !topic.presence.has_key(k))
-            .collect();
+        let missing: Vec<_> = records.iter().filter(|(k, _)| !topic.presence.has_key(k)).collect();
         let online_json = match missing.is_empty() {
             true => topic.state_json(),
             false => server::with_records(&topic.state_json(), &missing),
