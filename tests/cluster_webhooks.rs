@@ -254,6 +254,28 @@ async fn server_presence_is_cluster_state(kind: Kind) {
     assert_eq!(status, 404, "gone everywhere");
     collect(&mut rx, &mut all, &["presence.leave hall cal"], quick.0, quick.1).await;
 
+    // Posted on b to a topic with no member anywhere, then a first member joins on a: it
+    // gets the entry (b stays subscribed to the topics it holds entries of).
+    let (status, _) = service_call(
+        &b,
+        "POST",
+        "/api/channels/lobby/presence",
+        json!({"key": "host", "ttl_seconds": 60}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut late = a.connect("2.0.0").await;
+    late.join(
+        "realtime:lobby",
+        config(json!({"presence": {"key": "", "enabled": true}})),
+    )
+    .await;
+    let state = late.recv_event("presence_state").await;
+    if state.payload().get("host").is_none() {
+        let joined = diff_with(&mut late, "joins", "host", Duration::from_secs(3)).await;
+        assert!(joined.is_some(), "a late member on another node gets the entry");
+    }
+
     // Posted on b, which then dies: the entry stays on a until its TTL, then leaves.
     let mut ca = a.connect("2.0.0").await;
     ca.join(
