@@ -19,8 +19,9 @@ use common::{config, diff_with, service_call, Client, Server};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-/// Nodes report 2 s after they start ([`realtime::cluster::liveness::READY_AFTER`]).
-const SETTLE: Duration = Duration::from_millis(2300);
+/// Nodes report 2 s after they start ([`realtime::cluster::liveness::READY_AFTER`]), from
+/// the next 250 ms heartbeat tick.
+const SETTLE: Duration = Duration::from_millis(2600);
 
 async fn node(engine: &EngineServer, name: &str, webhook: &str, extra: &[(&str, &str)]) -> Server {
     let url = engine.url();

@@ -146,6 +146,8 @@ pub struct ClusterBroker {
     leader_heard: Mutex<Option<tokio::time::Instant>>,
     /// When this node joined the cluster (other nodes are known after their heartbeats).
     started: tokio::time::Instant,
+    /// This node has said (in a heartbeat) that it reports: see [`liveness::READY_AFTER`].
+    ready: AtomicBool,
     /// Replaying joins waiting for the other nodes' public histories.
     histories: Mutex<history::Waits>,
     /// Cluster-wide occupancy and what this node follows for it ([`reporting`]).
@@ -200,6 +202,7 @@ pub fn start(
         relations: Mutex::new(AHashMap::new()),
         leader_heard: Mutex::new(None),
         started: tokio::time::Instant::now(),
+        ready: AtomicBool::new(false),
         reporting: Mutex::new(reporting::State::default()),
         webhooks: OnceLock::new(),
     });
@@ -252,14 +255,21 @@ async fn heartbeat(broker: Weak<ClusterBroker>, nodes_subscribed: oneshot::Recei
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        if beats.is_multiple_of(4) {
+        // This node counts itself a reporting candidate from the heartbeat that says so,
+        // sent at once rather than at the next beat: the others agree within the engine's
+        // latency instead of up to a beat later (a window of duplicate `channel.*`).
+        let becomes_ready = !was_ready && broker.started.elapsed() >= liveness::READY_AFTER;
+        if beats.is_multiple_of(4) || becomes_ready {
             let sent = tokio::time::Instant::now();
-            let ready = broker.me_ready();
-            broker
-                .engine
-                .publish(broker.nodes_channel(), envelope::encode_heartbeat(broker.origin, ready));
-            if ready && !was_ready {
+            if becomes_ready {
                 was_ready = true;
+                broker.ready.store(true, Ordering::Relaxed);
+            }
+            broker.engine.publish(
+                broker.nodes_channel(),
+                envelope::encode_heartbeat(broker.origin, was_ready),
+            );
+            if becomes_ready {
                 info!("cluster: this node now reports for the topics it ranks first for");
                 broker.membership_changed();
             }

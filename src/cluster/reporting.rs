@@ -5,7 +5,7 @@
 //!   last member out) on the nodes' channel, and its whole state ([`state_wire`]) to a
 //!   node it has just heard from and, asking for theirs, after an engine outage. Every
 //!   node thus keeps the same [`Occupancy`] table. A topic's **reporter** is the first
-//!   node by rendezvous hashing over the nodes that report ([`liveness`]: running for
+//!   node by rendezvous hashing over the nodes that report ([`super::liveness`]: running for
 //!   2 s; while none does, every live node); it emits `channel.occupied` when the table
 //!   says some node has members and the cluster has not reported it occupied, and
 //!   `channel.vacated` in the opposite case, then tells every node what it reported. A
@@ -39,7 +39,6 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::envelope;
-use super::liveness;
 use super::occupancy::{self, Occupancy, Report};
 use super::state_wire::{self, NodeState, Parts};
 use super::{ClusterBroker, SUBSCRIBE_WAIT};
@@ -75,9 +74,10 @@ impl ClusterBroker {
         }
     }
 
-    /// This node has run long enough to report.
+    /// This node reports: it has run for [`super::liveness::READY_AFTER`] and said so in a
+    /// heartbeat.
     pub(super) fn me_ready(&self) -> bool {
-        self.started.elapsed() >= liveness::READY_AFTER
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn candidates(&self) -> Vec<u64> {
