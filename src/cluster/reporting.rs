@@ -98,6 +98,11 @@ impl ClusterBroker {
 
     /// This node got its first member on `key` (or lost its last).
     pub(super) fn local_occupancy(&self, key: &TopicKey, occupied: bool) {
+        // Occupancy serves `channel.*` alone: without webhooks (the same on every node of
+        // a cluster) topic churn costs the nodes' channel nothing.
+        if self.webhooks.get().is_none() {
+            return;
+        }
         self.send_nodes(state_wire::encode_occupancy(self.origin, key, occupied));
         let candidates = self.candidates();
         let mut st = crate::sync::lock(&self.reporting, "cluster reporting");
