@@ -84,15 +84,16 @@ impl ClusterBroker {
         crate::sync::lock(&self.nodes, "cluster nodes").candidates(self.origin, self.me_ready())
     }
 
-    fn send_nodes(&self, bytes: Option<Bytes>) {
+    /// Sends `what` (for the log) to every node.
+    fn send_nodes(&self, what: &str, bytes: Option<Bytes>) {
         match bytes {
             Some(bytes) => {
                 if !self.engine.publish(self.nodes_channel(), bytes) {
-                    warn!("cluster engine queue full: cluster state not sent to other nodes");
+                    warn!(what, "cluster engine queue full: not sent to the other nodes");
                     crate::observability::metrics::cluster_dropped(1);
                 }
             }
-            None => warn!("too large for a cluster envelope: cluster state not sent"),
+            None => warn!(what, "too large for a cluster envelope: not sent to the other nodes"),
         }
     }
 
@@ -103,7 +104,7 @@ impl ClusterBroker {
         if self.webhooks.get().is_none() {
             return;
         }
-        self.send_nodes(state_wire::encode_occupancy(self.origin, key, occupied));
+        self.send_nodes("occupancy", state_wire::encode_occupancy(self.origin, key, occupied));
         let candidates = self.candidates();
         let mut st = crate::sync::lock(&self.reporting, "cluster reporting");
         st.occupancy.set(self.origin, key, occupied);
@@ -174,7 +175,10 @@ impl ClusterBroker {
                     }
                 }
                 debug!(topic = %key.topic, ?report, "cluster: reported for the cluster");
-                self.send_nodes(state_wire::encode_reported(self.origin, key, occupied));
+                self.send_nodes(
+                    "channel report",
+                    state_wire::encode_reported(self.origin, key, occupied),
+                );
             }
         }
         let follow = self.webhooks.get().is_some() && ranked.contains(&self.origin) && st.occupancy.occupied(key);
@@ -237,7 +241,7 @@ impl ClusterBroker {
             .map(|(hub, _)| hub.server_held_by(self.origin))
             .unwrap_or_default();
         for part in state_wire::encode_node_state(self.origin, ask, &topics, &records) {
-            self.send_nodes(Some(part));
+            self.send_nodes("node state", Some(part));
         }
     }
 
@@ -310,7 +314,10 @@ impl ClusterBroker {
     /// A server-set record changed on this node: the other nodes are told. Called under
     /// the presence hub's server lock, so it does not call the hub.
     pub(super) fn server_changed(&self, key: &TopicKey, presence_key: &str, record: Option<&Record>) {
-        self.send_nodes(state_wire::encode_server(self.origin, key, presence_key, record));
+        self.send_nodes(
+            "server presence",
+            state_wire::encode_server(self.origin, key, presence_key, record),
+        );
         if record.is_some_and(|r| r.holder == self.origin) {
             let mut st = crate::sync::lock(&self.reporting, "cluster reporting");
             self.set_follow(&mut st, key, FOLLOW_SERVER, true);
