@@ -39,6 +39,7 @@ pub mod occupancy;
 pub mod redis;
 pub mod reporting;
 pub mod rows;
+pub mod server_presence;
 pub mod state_wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

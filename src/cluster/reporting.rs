@@ -17,11 +17,12 @@
 //!   (new) reporter holds the dead node's entries and reports their `presence.leave`
 //!   before a `channel.vacated`. Cost: an occupied topic's messages also reach up to two
 //!   nodes without members.
-//! * **Server-set presence** ([`crate::presence::server`]): records are replicated on
+//! * **Server-set presence** ([`super::server_presence`]): records are replicated on
 //!   the nodes' channel; when a record's holder dies, the topic's reporter takes it over
-//!   with the TTL it had left (members see a leave and a join under a new `phx_ref`; no
-//!   webhook event, the entry did not go). A node holding server entries of a topic
-//!   follows it, so a node whose first member joins later gets them in `presence_state`.
+//!   with the TTL it had left (members see a join under a new `phx_ref` with, or just
+//!   before, the old one's leave; no webhook event, the entry did not go). A node holding
+//!   server entries of a topic follows it, so a node whose first member joins later
+//!   gets them.
 //!
 //! Guarantees: an event is emitted at least once. Duplicates are possible only while
 //! nodes disagree on who reports: within about a second of a node becoming a reporter,
@@ -43,14 +44,13 @@ use super::occupancy::{self, Occupancy, Report};
 use super::state_wire::{self, NodeState, Parts};
 use super::{ClusterBroker, SUBSCRIBE_WAIT};
 use crate::fanout::TopicKey;
-use crate::presence::server::Record;
 use crate::presence::state::{Diff, ReplicaId};
 use crate::webhooks::Webhooks;
 
 /// A topic is followed as one of its reporters.
 const FOLLOW_REPORTER: u8 = 1;
 /// A topic is followed because this node holds server entries there.
-const FOLLOW_SERVER: u8 = 2;
+pub(super) const FOLLOW_SERVER: u8 = 2;
 /// Nodes that follow an occupied topic as reporters: the reporter, and the one that takes
 /// over when it dies.
 const FOLLOWERS: usize = 2;
@@ -60,7 +60,7 @@ const FOLLOWERS: usize = 2;
 pub(super) struct State {
     occupancy: Occupancy,
     /// Topics followed without (only) local members, and why.
-    follows: ahash::AHashMap<TopicKey, u8>,
+    pub(super) follows: ahash::AHashMap<TopicKey, u8>,
     /// Other nodes' states arriving in parts.
     parts: Parts,
 }
@@ -85,7 +85,7 @@ impl ClusterBroker {
     }
 
     /// Sends `what` (for the log) to every node.
-    fn send_nodes(&self, what: &str, bytes: Option<Bytes>) {
+    pub(super) fn send_nodes(&self, what: &str, bytes: Option<Bytes>) {
         match bytes {
             Some(bytes) => {
                 if !self.engine.publish(self.nodes_channel(), bytes) {
@@ -187,7 +187,7 @@ impl ClusterBroker {
 
     /// Follows `key` for `why` (or stops): subscribed and holding its presence while any
     /// reason holds, unsubscribed after the delay once none does and no member is here.
-    fn set_follow(&self, st: &mut State, key: &TopicKey, why: u8, on: bool) {
+    pub(super) fn set_follow(&self, st: &mut State, key: &TopicKey, why: u8, on: bool) {
         let before = st.follows.get(key).copied().unwrap_or(0);
         let after = if on { before | why } else { before & !why };
         if after == before {
@@ -277,53 +277,6 @@ impl ClusterBroker {
         }
     }
 
-    /// Another node changed a server-set record (`None`: removed it).
-    pub(super) fn on_server(&self, key: &TopicKey, presence_key: &str, record: Option<Record>) {
-        if let Some((hub, publish)) = self.attached() {
-            hub.apply_server(&publish, key, presence_key, record);
-            self.follow_server_topics(std::slice::from_ref(key));
-        }
-    }
-
-    /// Follows (or stops following) each of `keys` as it holds server entries there.
-    fn follow_server_topics(&self, keys: &[TopicKey]) {
-        let Some((hub, _)) = self.attached() else {
-            return;
-        };
-        let holds: Vec<(TopicKey, bool)> = keys.iter().map(|k| (k.clone(), hub.holds_server(k))).collect();
-        let mut st = crate::sync::lock(&self.reporting, "cluster reporting");
-        for (key, on) in holds {
-            self.set_follow(&mut st, &key, FOLLOW_SERVER, on);
-        }
-    }
-
-    /// Stops following the topics where this node no longer holds server entries (they
-    /// expired or were deleted). Called every heartbeat.
-    pub(super) fn tidy_server_follows(&self) {
-        let keys: Vec<TopicKey> = crate::sync::lock(&self.reporting, "cluster reporting")
-            .follows
-            .iter()
-            .filter(|(_, why)| **why & FOLLOW_SERVER != 0)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !keys.is_empty() {
-            self.follow_server_topics(&keys);
-        }
-    }
-
-    /// A server-set record changed on this node: the other nodes are told. Called under
-    /// the presence hub's server lock, so it does not call the hub.
-    pub(super) fn server_changed(&self, key: &TopicKey, presence_key: &str, record: Option<&Record>) {
-        self.send_nodes(
-            "server presence",
-            state_wire::encode_server(self.origin, key, presence_key, record),
-        );
-        if record.is_some_and(|r| r.holder == self.origin) {
-            let mut st = crate::sync::lock(&self.reporting, "cluster reporting");
-            self.set_follow(&mut st, key, FOLLOW_SERVER, true);
-        }
-    }
-
     /// `node` is gone: its presence leaves (reported here for the topics this node
     /// reports, except server entries, which this node takes over when it reports their
     /// topic), and its occupancy goes, which may vacate topics.
@@ -332,16 +285,7 @@ impl ClusterBroker {
         if let Some((hub, publish)) = self.attached() {
             // Adopted before the dead replica is removed, so a topic's members get the new
             // entry and the old one's leave in one diff and never see the key go.
-            let dead_records = hub.server_held_by(node);
-            for (key, presence_key, _) in &dead_records {
-                let Some(new_holder) = occupancy::reporter(key, &candidates) else {
-                    continue;
-                };
-                if let Some(record) = hub.adopt_server(&publish, key, presence_key, node, new_holder) {
-                    info!(topic = %key.topic, key = %presence_key, "cluster: took over a dead node's server presence");
-                    self.server_changed(key, presence_key, Some(&record));
-                }
-            }
+            let dead_records = self.adopt_servers_of(hub, &publish, node, &candidates);
             // An adopted entry did not leave: no webhook for it (matched by its old ref).
             let adopted =
                 |key: &TopicKey, phx_ref: &str| dead_records.iter().any(|(k, _, r)| k == key && r.phx_ref == phx_ref);
