@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::engine_server::{EngineServer, Kind};
-use common::{config, diff_with, token, user_broadcast_push, Client, Frame, Server};
+use common::{config, diff_with, token, track, user_broadcast_push, Client, Frame, Server};
 use serde_json::{json, Value};
 
 async fn node(engine: &EngineServer, name: &str) -> Server {
@@ -380,18 +380,6 @@ async fn presence_member(server: &Server, topic: &str, key: &str) -> (Client, St
     let mut keys: Vec<String> = state.payload().as_object().expect("state").keys().cloned().collect();
     keys.sort();
     (c, join_ref, keys)
-}
-
-async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
-    let ref_ = c.make_ref();
-    c.push(
-        Some(join_ref),
-        Some(&ref_),
-        topic,
-        "presence",
-        json!({"type": "presence", "event": "track", "payload": payload}),
-    )
-    .await;
 }
 
 async fn presence_is_one_state_across_nodes(kind: Kind) {

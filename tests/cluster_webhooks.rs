@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::engine_server::{EngineServer, Kind};
 use common::webhook_receiver::{receiver, Received};
-use common::{config, diff_with, service_call, Client, Server};
+use common::{config, diff_with, service_call, track, Client, Server};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -78,19 +78,12 @@ fn once(all: &[String], labels: &[&str]) {
 }
 
 /// Joins `topic` with presence under `key` and tracks it.
-async fn track(c: &mut Client, topic: &str, key: &str) {
+async fn join_tracked(c: &mut Client, topic: &str, key: &str) {
     let j = c
         .join(topic, config(json!({"presence": {"key": key, "enabled": true}})))
         .await;
     c.recv_event("presence_state").await;
-    c.push(
-        Some(&j),
-        Some("t"),
-        topic,
-        "presence",
-        json!({"type": "presence", "event": "track", "payload": {}}),
-    )
-    .await;
+    track(c, &j, topic, json!({})).await;
 }
 
 /// Polls GET until `pred` holds for the body (at most `within`).
@@ -160,10 +153,10 @@ async fn a_dead_nodes_presence_leaves_are_sent_once_per_cluster(kind: Kind) {
 
     // alice on a and bob on b share `room`; carol on b is alone in `solo`.
     let mut on_a = a.connect("2.0.0").await;
-    track(&mut on_a, "realtime:room", "alice").await;
+    join_tracked(&mut on_a, "realtime:room", "alice").await;
     let mut on_b = b.connect("2.0.0").await;
-    track(&mut on_b, "realtime:room", "bob").await;
-    track(&mut on_b, "realtime:solo", "carol").await;
+    join_tracked(&mut on_b, "realtime:room", "bob").await;
+    join_tracked(&mut on_b, "realtime:solo", "carol").await;
     assert!(diff_with(&mut on_a, "joins", "bob", Duration::from_secs(3))
         .await
         .is_some());

@@ -354,6 +354,19 @@ impl Client {
     }
 }
 
+/// Sends a presence track of `payload` on a joined channel (the reply is not awaited).
+pub async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
+    let ref_ = c.make_ref();
+    c.push(
+        Some(join_ref),
+        Some(&ref_),
+        topic,
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": payload}),
+    )
+    .await;
+}
+
 /// Waits for a `presence_diff` whose `side` ("joins" or "leaves") holds `key`; the first
 /// of its metas there.
 pub async fn diff_with(c: &mut Client, side: &str, key: &str, within: Duration) -> Option<Value> {
