@@ -139,6 +139,9 @@ pub async fn run_with(mut config: Config, banner: Banner) -> Result<(), StartupE
     if let Some(settings) = webhooks {
         let hooks = webhooks::Webhooks::start(settings);
         app.publish.observe(hooks.clone());
+        if let Some(cluster) = &app.cluster {
+            cluster.observe(hooks.clone());
+        }
         app.presence.observe(hooks);
     }
 

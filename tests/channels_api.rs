@@ -30,16 +30,9 @@ async fn call(s: &Server, method: &str, path: &str, token: &str, body: Value) ->
     (status, serde_json::from_slice(&resp).unwrap_or(Value::Null))
 }
 
+/// Tracks and waits for the reply and the diff.
 async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
-    let r = c.make_ref();
-    c.push(
-        Some(join_ref),
-        Some(&r),
-        topic,
-        "presence",
-        json!({"type": "presence", "event": "track", "payload": payload}),
-    )
-    .await;
+    common::track(c, join_ref, topic, payload).await;
     c.recv_event("phx_reply").await;
     c.recv_event("presence_diff").await;
 }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::engine_server::{EngineServer, Kind};
-use common::{config, token, user_broadcast_push, Client, Frame, Server};
+use common::{config, diff_with, token, track, user_broadcast_push, Client, Frame, Server};
 use serde_json::{json, Value};
 
 async fn node(engine: &EngineServer, name: &str) -> Server {
@@ -382,32 +382,6 @@ async fn presence_member(server: &Server, topic: &str, key: &str) -> (Client, St
     (c, join_ref, keys)
 }
 
-async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
-    let ref_ = c.make_ref();
-    c.push(
-        Some(join_ref),
-        Some(&ref_),
-        topic,
-        "presence",
-        json!({"type": "presence", "event": "track", "payload": payload}),
-    )
-    .await;
-}
-
-/// Waits for a `presence_diff` whose `side` ("joins" or "leaves") holds `key`.
-async fn diff_with(c: &mut Client, side: &str, key: &str, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(f) = c.recv_within(left).await else {
-            return false;
-        };
-        if f.event() == "presence_diff" && f.payload()[side].get(key).is_some() {
-            return true;
-        }
-    }
-}
-
 async fn presence_is_one_state_across_nodes(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b, c) = (
@@ -420,13 +394,17 @@ async fn presence_is_one_state_across_nodes(kind: Kind) {
     let (mut alice, alice_ref, state) = presence_member(&a, topic, "alice").await;
     assert!(state.is_empty());
     track(&mut alice, &alice_ref, topic, json!({"name": "alice"})).await;
-    assert!(diff_with(&mut alice, "joins", "alice", Duration::from_secs(2)).await);
+    assert!(diff_with(&mut alice, "joins", "alice", Duration::from_secs(2))
+        .await
+        .is_some());
 
     let (mut bob, bob_ref, state) = presence_member(&b, topic, "bob").await;
     assert_eq!(state, ["alice"], "a late joiner on another node gets the whole state");
     track(&mut bob, &bob_ref, topic, json!({"name": "bob"})).await;
     assert!(
-        diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await,
+        diff_with(&mut alice, "joins", "bob", Duration::from_secs(2))
+            .await
+            .is_some(),
         "a track on b shows on a"
     );
 
@@ -447,7 +425,9 @@ async fn presence_is_one_state_across_nodes(kind: Kind) {
     )
     .await;
     assert!(
-        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(2)).await,
+        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(2))
+            .await
+            .is_some(),
         "an untrack on b leaves on a"
     );
 }
@@ -461,12 +441,16 @@ async fn presence_of_a_killed_node_leaves_every_other_node_within_6_s(kind: Kind
     let (mut alice, _, _) = presence_member(&a, topic, "alice").await;
     let (mut bob, bob_ref, _) = presence_member(&b, topic, "bob").await;
     track(&mut bob, &bob_ref, topic, json!({})).await;
-    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await);
+    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2))
+        .await
+        .is_some());
 
     b.kill();
     let killed = tokio::time::Instant::now();
     assert!(
-        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6)).await,
+        diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6))
+            .await
+            .is_some(),
         "bob's presence did not leave within 6 s of kill -9"
     );
     eprintln!("presence of the killed node left after {:?}", killed.elapsed());
@@ -481,18 +465,26 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
     track(&mut alice, &alice_ref, topic, json!({})).await;
     let (mut bob, bob_ref, _) = presence_member(&b, topic, "bob").await;
     track(&mut bob, &bob_ref, topic, json!({})).await;
-    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2)).await);
+    assert!(diff_with(&mut alice, "joins", "bob", Duration::from_secs(2))
+        .await
+        .is_some());
 
     engine.kill().await;
     // Cut off, each node keeps its own members and lets the other's go.
-    assert!(diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6)).await);
+    assert!(diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6))
+        .await
+        .is_some());
     engine.start_again().await;
     let back = tokio::time::Instant::now();
     assert!(
-        diff_with(&mut alice, "joins", "bob", Duration::from_secs(15)).await,
+        diff_with(&mut alice, "joins", "bob", Duration::from_secs(15))
+            .await
+            .is_some(),
         "bob's presence did not come back on a after the engine returned"
     );
-    assert!(diff_with(&mut bob, "joins", "alice", Duration::from_secs(5)).await);
+    assert!(diff_with(&mut bob, "joins", "alice", Duration::from_secs(5))
+        .await
+        .is_some());
     eprintln!("presence converged {:?} after the engine came back", back.elapsed());
     let (_late, _, state) = presence_member(&b, topic, "late").await;
     assert_eq!(state, ["alice", "bob"]);

@@ -8,77 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::webhook_receiver::{next, receiver, Received};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const SECRET: &str = "wh-secret";
-
-/// One request as the receiver saw it.
-struct Received {
-    signature: String,
-    body: Vec<u8>,
-    at: Instant,
-}
-
-/// A webhook receiver answering with `statuses` in turn (200 once they run out).
-async fn receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedReceiver<Received>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/realtime", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut statuses = statuses.into_iter();
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 8192];
-            // Head, then as much body as Content-Length says.
-            let (head_end, len) = loop {
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "connection closed mid-request");
-                raw.extend_from_slice(&buf[..n]);
-                if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
-                    assert!(head.starts_with("post /hooks/realtime http/1.1"), "{head}");
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                        .unwrap();
-                    break (i + 4, len);
-                }
-            };
-            while raw.len() < head_end + len {
-                let n = s.read(&mut buf).await.unwrap();
-                raw.extend_from_slice(&buf[..n]);
-            }
-            let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-            let signature = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("x-realtime-signature:")
-                        .map(|v| v.trim().to_owned())
-                })
-                .unwrap_or_default();
-            let status = statuses.next().unwrap_or(200);
-            let _ = tx.send(Received {
-                signature,
-                body: raw[head_end..head_end + len].to_vec(),
-                at: Instant::now(),
-            });
-            let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = s.write_all(reply.as_bytes()).await;
-        }
-    });
-    (url, rx)
-}
 
 /// Checks the signature as a receiver would (README "Webhooks"), 5-minute tolerance.
 fn verify(r: &Received) {
@@ -100,13 +38,6 @@ fn verify(r: &Received) {
     mac.update(&r.body[1..]);
     let other: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     assert_ne!(v1, other);
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no webhook within 10 s")
-        .unwrap()
 }
 
 /// Events from batches until `pred` holds for the list so far.

@@ -22,7 +22,15 @@
 //!         from Database (0 starting, 1 waiting for publication, 2 streaming, 3 down, 4 failed)
 //! kind 7, history request (send me your public history of the topic): u64 request · i64 since ms
 //! kind 8, history answer: u64 request · u32 count · stored messages (see [`super::history`])
+//! kind 9, occupancy (the origin got its first or lost its last member): u8 occupied
+//! kind 10, reported (the topic's reporter sent channel.occupied/vacated): u8 occupied
+//! kind 11, server presence record: str16 key · u64 holder · u64 expires ms · str16 phx_ref
+//!          · bytes32 meta JSON
+//! kind 12, server presence record removed: str16 key
+//! kind 13, a node's state (no topic): see [`super::state_wire`]
 //! ```
+//!
+//! A heartbeat may carry one more byte, 1 when its node reports (older nodes sent none).
 //!
 //! flags: 1 private topic, 2 stored id present, 4 metadata present, 8 kept in the public
 //! history (`REPLAY_PUBLIC`) under that id and time (unix µs). The sender's channel
@@ -35,8 +43,10 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 use std::sync::Arc;
 
 use super::rows::{self, Relayed};
+use super::state_wire::{self, NodeState};
 use crate::fanout::TopicKey;
 use crate::observability::state::StreamState;
+use crate::presence::server::Record;
 use crate::presence::state::{Delta, FullState, LocalChanges, Meta, ReplicaId, TaggedEntry};
 use crate::publish::history::Stored;
 use crate::replication::Batch;
@@ -50,6 +60,11 @@ const KIND_CHANGES: u8 = 5;
 const KIND_STREAMS: u8 = 6;
 pub(super) const KIND_HISTORY_REQUEST: u8 = 7;
 pub(super) const KIND_HISTORY_ANSWER: u8 = 8;
+pub(super) const KIND_OCCUPANCY: u8 = 9;
+pub(super) const KIND_REPORTED: u8 = 10;
+pub(super) const KIND_SERVER_SET: u8 = 11;
+pub(super) const KIND_SERVER_DEL: u8 = 12;
+pub(super) const KIND_NODE_STATE: u8 = 13;
 
 const PRESENCE_DELTA: u8 = 0;
 const PRESENCE_FULL: u8 = 1;
@@ -91,8 +106,23 @@ pub enum Body {
     /// The origin asks for full states of the topic: from `target` only, or from every
     /// node (`None`).
     SyncRequest { target: Option<u64> },
-    /// The origin is alive.
-    Heartbeat,
+    /// The origin is alive, and reports (may be a topic's reporter) or not yet.
+    Heartbeat { ready: bool },
+    /// The origin got its first member on the topic (`true`) or lost its last.
+    Occupancy { occupied: bool },
+    /// The topic's reporter sent `channel.occupied` (`true`) or `channel.vacated`.
+    Reported { occupied: bool },
+    /// A server-set presence record of the topic, as changed on the origin.
+    ServerSet {
+        /// Its presence key.
+        presence_key: String,
+        /// The record.
+        record: Record,
+    },
+    /// A server-set presence record of the topic was removed on the origin.
+    ServerDel { presence_key: String },
+    /// A part of the origin's state (see [`super::state_wire`]).
+    NodeState(NodeState),
     /// Row changes streamed by the origin, the leader.
     Changes(Relayed),
     /// The leader's replication streams: Postgres Changes, Broadcast from Database.
@@ -176,7 +206,7 @@ pub fn encode_sync_request(origin: u64, key: &TopicKey, target: Option<u64>) -> 
     Some(out.freeze())
 }
 
-fn node_header(out: &mut BytesMut, kind: u8, origin: u64) {
+pub(super) fn node_header(out: &mut BytesMut, kind: u8, origin: u64) {
     out.put_u8(VERSION);
     out.put_u8(kind);
     out.put_u64_le(origin);
@@ -222,10 +252,11 @@ fn state(code: u8) -> Result<StreamState, Malformed> {
     })
 }
 
-/// Encodes `origin`'s heartbeat.
-pub fn encode_heartbeat(origin: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(13);
+/// Encodes `origin`'s heartbeat; `ready`: it reports.
+pub fn encode_heartbeat(origin: u64, ready: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(14);
     node_header(&mut out, KIND_HEARTBEAT, origin);
+    out.put_u8(u8::from(ready));
     out.freeze()
 }
 
@@ -306,7 +337,16 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
         KIND_SYNC_REQUEST => Body::SyncRequest {
             target: Some(r.u64()?).filter(|t| *t != 0),
         },
-        KIND_HEARTBEAT => Body::Heartbeat,
+        KIND_HEARTBEAT => Body::Heartbeat {
+            ready: r.remaining() > 0 && r.u8()? == 1,
+        },
+        KIND_OCCUPANCY => Body::Occupancy { occupied: r.u8()? == 1 },
+        KIND_REPORTED => Body::Reported { occupied: r.u8()? == 1 },
+        KIND_SERVER_SET => state_wire::decode_server_set(&mut r)?,
+        KIND_SERVER_DEL => Body::ServerDel {
+            presence_key: r.str16()?.to_owned(),
+        },
+        KIND_NODE_STATE => Body::NodeState(state_wire::decode_node_state(&mut r)?),
         KIND_CHANGES => Body::Changes(rows::decode(&mut r)?),
         KIND_STREAMS => Body::Streams(state(r.u8()?)?, state(r.u8()?)?),
         KIND_HISTORY_REQUEST => Body::HistoryRequest {
@@ -553,8 +593,14 @@ mod tests {
         assert_eq!(env.body, Body::SyncRequest { target: Some(4) });
         let env = decode(&encode_sync_request(9, &key, None).expect("encodes")).expect("decodes");
         assert_eq!(env.body, Body::SyncRequest { target: None });
-        let env = decode(&encode_heartbeat(9)).expect("decodes");
-        assert_eq!((env.origin, env.body), (9, Body::Heartbeat));
+        let env = decode(&encode_heartbeat(9, true)).expect("decodes");
+        assert_eq!((env.origin, env.body), (9, Body::Heartbeat { ready: true }));
+        let old = decode(&encode_heartbeat(9, false).slice(..13)).expect("decodes");
+        assert_eq!(
+            old.body,
+            Body::Heartbeat { ready: false },
+            "a heartbeat without the byte"
+        );
     }
 
     #[test]

@@ -35,8 +35,12 @@ pub mod history;
 pub mod leader;
 pub mod liveness;
 pub mod nats;
+pub mod occupancy;
 pub mod redis;
+pub mod reporting;
 pub mod rows;
+pub mod server_presence;
+pub mod state_wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -53,7 +57,7 @@ use self::liveness::Nodes;
 use self::rows::{Dedupe, Offsets, Relayed};
 use crate::fanout::{Registry, TopicKey};
 use crate::observability::state::{StreamState, DB_BROADCAST, PG_CHANGES};
-use crate::presence::state::{LocalChanges, ReplicaId};
+use crate::presence::state::LocalChanges;
 use crate::presence::PresenceHub;
 use crate::publish::broker::{Broker, Delivery, HistoryFetch, Local, Message};
 use crate::publish::history::{Stored, StoredBody};
@@ -112,6 +116,8 @@ struct SyncWait {
 
 /// The broker of a clustered node.
 pub struct ClusterBroker {
+    /// Itself, for the tasks it spawns.
+    this: Weak<ClusterBroker>,
     local: Local,
     registry: Arc<Registry>,
     engine: Arc<dyn Engine>,
@@ -141,8 +147,14 @@ pub struct ClusterBroker {
     leader_heard: Mutex<Option<tokio::time::Instant>>,
     /// When this node joined the cluster (other nodes are known after their heartbeats).
     started: tokio::time::Instant,
+    /// This node has said (in a heartbeat) that it reports: see [`liveness::READY_AFTER`].
+    ready: AtomicBool,
     /// Replaying joins waiting for the other nodes' public histories.
     histories: Mutex<history::Waits>,
+    /// Cluster-wide occupancy and what this node follows for it ([`reporting`]).
+    reporting: Mutex<reporting::State>,
+    /// Where `channel.*` and dead nodes' presence leaves are reported.
+    webhooks: OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// Starts a clustered node's broker over `local` (this node's delivery); `origin` is this
@@ -170,7 +182,8 @@ pub fn start(
         }
     };
     let (relay, relayed) = mpsc::unbounded_channel();
-    let broker = Arc::new(ClusterBroker {
+    let broker = Arc::new_cyclic(|this| ClusterBroker {
+        this: this.clone(),
         local,
         registry,
         engine,
@@ -190,13 +203,16 @@ pub fn start(
         relations: Mutex::new(AHashMap::new()),
         leader_heard: Mutex::new(None),
         started: tokio::time::Instant::now(),
+        ready: AtomicBool::new(false),
+        reporting: Mutex::new(reporting::State::default()),
+        webhooks: OnceLock::new(),
     });
     info!(node_id = %broker.node_id, engine = broker.engine.name(), namespace = %broker.namespace, "cluster mode");
-    drop(broker.engine.subscribe(&broker.nodes_channel()));
+    let nodes_subscribed = broker.engine.subscribe(&broker.nodes_channel());
     drop(broker.engine.subscribe(&broker.changes_channel()));
     tokio::spawn(receive(Arc::downgrade(&broker), incoming));
     tokio::spawn(deliver_relayed(Arc::downgrade(&broker), relayed));
-    tokio::spawn(heartbeat(Arc::downgrade(&broker)));
+    tokio::spawn(heartbeat(Arc::downgrade(&broker), nodes_subscribed));
     Ok(broker)
 }
 
@@ -208,7 +224,10 @@ async fn receive(broker: Weak<ClusterBroker>, mut incoming: mpsc::Receiver<Incom
         };
         match item {
             Incoming::Message(bytes) => broker.deliver_remote(&bytes),
-            Incoming::Resubscribed => broker.resync_all(),
+            Incoming::Resubscribed => {
+                broker.resync_all();
+                broker.send_state(true);
+            }
         }
     }
 }
@@ -224,20 +243,38 @@ async fn deliver_relayed(broker: Weak<ClusterBroker>, mut relayed: mpsc::Unbound
     }
 }
 
-/// Says this node is alive, and lets the presence of silent nodes go.
-async fn heartbeat(broker: Weak<ClusterBroker>) {
+/// Says this node is alive, and lets the presence of silent nodes go. Starts once the
+/// nodes' channel is subscribed (or after [`SUBSCRIBE_WAIT`]), so the states other nodes
+/// send on hearing this one are not missed.
+async fn heartbeat(broker: Weak<ClusterBroker>, nodes_subscribed: oneshot::Receiver<()>) {
+    let _ = tokio::time::timeout(SUBSCRIBE_WAIT, nodes_subscribed).await;
     let mut tick = tokio::time::interval(liveness::HEARTBEAT / 4);
     let mut beats = 0u64;
+    let mut was_ready = false;
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        if beats.is_multiple_of(4) {
+        // This node counts itself a reporting candidate from the heartbeat that says so,
+        // sent at once rather than at the next beat: the others agree within the engine's
+        // latency instead of up to a beat later (a window of duplicate `channel.*`).
+        let becomes_ready = !was_ready && broker.started.elapsed() >= liveness::READY_AFTER;
+        if beats.is_multiple_of(4) || becomes_ready {
             let sent = tokio::time::Instant::now();
-            broker
-                .engine
-                .publish(broker.nodes_channel(), envelope::encode_heartbeat(broker.origin));
+            if becomes_ready {
+                was_ready = true;
+                broker.ready.store(true, Ordering::Relaxed);
+            }
+            broker.engine.publish(
+                broker.nodes_channel(),
+                envelope::encode_heartbeat(broker.origin, was_ready),
+            );
+            if becomes_ready {
+                info!("cluster: this node now reports for the topics it ranks first for");
+                broker.membership_changed();
+            }
+            broker.tidy_server_follows();
             // The heartbeat doubles as the engine's round-trip probe; timed off this task
             // so a stalled engine does not delay the next beat.
             let handed = broker.engine.handed_over();
@@ -255,9 +292,7 @@ async fn heartbeat(broker: Weak<ClusterBroker>) {
                 node = format_args!("{node:016x}"),
                 "cluster: node silent for 4 s; its presence leaves"
             );
-            if let Some((hub, publish)) = broker.attached() {
-                hub.remove_replica(&publish, ReplicaId(node));
-            }
+            broker.node_gone(node);
         }
     }
 }
@@ -409,11 +444,18 @@ impl ClusterBroker {
         }
         // Anything a node sends shows it alive, so a node whose presence arrived before its
         // first heartbeat still expires when it dies.
-        if crate::sync::lock(&self.nodes, "cluster nodes").heard(origin, tokio::time::Instant::now()) {
+        let new = crate::sync::lock(&self.nodes, "cluster nodes").heard(origin, tokio::time::Instant::now());
+        if new {
             info!(node = format_args!("{origin:016x}"), "cluster: node alive");
+            self.on_new_node();
         }
         match body {
-            Body::Heartbeat => {}
+            Body::Heartbeat { ready } => self.on_heartbeat(origin, ready),
+            Body::Occupancy { occupied } => self.on_occupancy(origin, &key, occupied),
+            Body::Reported { occupied } => self.on_reported(&key, occupied),
+            Body::ServerSet { presence_key, record } => self.on_server(&key, &presence_key, Some(record)),
+            Body::ServerDel { presence_key } => self.on_server(&key, &presence_key, None),
+            Body::NodeState(part) => self.on_node_state(origin, part),
             Body::Broadcast { stored_id, kept, msg } => {
                 let deliver = || {
                     self.local.publish(
@@ -547,6 +589,11 @@ impl ClusterBroker {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
+            // Followed for the cluster (reporting, server entries): kept; unsubscribed
+            // once that ends.
+            if broker.follows(&key) {
+                return;
+            }
             let mut interests = crate::sync::lock(&broker.interest, "cluster interest");
             if interests.by_key.get(&key) == Some(&Interest::Idle(change)) {
                 interests.by_key.remove(&key);
@@ -743,9 +790,19 @@ impl Broker for Clustered {
     fn topic_added(&self, key: &TopicKey) {
         // The confirmation is awaited by `ready` at join; here only the wish matters.
         drop(self.0.want(key));
+        self.0.local_occupancy(key, true);
     }
 
     fn topic_removed(&self, key: &TopicKey) {
         self.0.schedule_unsubscribe(key);
+        self.0.local_occupancy(key, false);
+    }
+
+    fn reports_occupancy(&self) -> bool {
+        true
+    }
+
+    fn server_presence(&self, key: &TopicKey, presence_key: &str, record: Option<&crate::presence::server::Record>) {
+        self.0.server_changed(key, presence_key, record);
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::fanout::{ChannelId, Subscriber, TopicKey};
 use crate::publish::Publisher;
 use last_seen::LastSeen;
-use server::{Owners, Refused, ServerEntries};
+use server::{Owners, ServerEntries};
 use state::{Diff, FullState, LocalChanges, MergeOutcome, PhxRefGen, ReplicaId, TopicPresence};
 
 const SHARDS: usize = 64;
@@ -287,25 +287,57 @@ impl PresenceHub {
         presence_key: &str,
         payload: Map<String, Value>,
     ) {
-        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let phx_ref = self.refs.next(now_nanos());
+        self.track_as(publish, key, channel, presence_key, payload, phx_ref, true);
+    }
+
+    /// Tracks with a given `phx_ref`; `observe`: tell the webhooks (false for a server
+    /// entry taken over from a dead node, which did not really leave and join).
+    #[allow(clippy::too_many_arguments)]
+    fn track_as(
+        &self,
+        publish: &Publisher,
+        key: &TopicKey,
+        channel: ChannelId,
+        presence_key: &str,
+        payload: Map<String, Value>,
+        phx_ref: String,
+        observe: bool,
+    ) {
+        let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let topic = shard.entry(key.clone()).or_insert_with(|| Topic::new(self.replica));
         let diff = topic.presence.track(channel, presence_key, payload, phx_ref);
-        self.observed(key, &diff);
+        if observe {
+            self.observed(key, &diff);
+        }
         self.changed(&mut shard, publish, key, diff);
     }
 
     /// A topic's presence and recent leaves (the REST presence API).
+    ///
+    /// In a cluster, server-set entries that this node's replica does not hold (it does
+    /// not follow the topic) are added from the replicated records, so every node lists
+    /// them.
     pub fn snapshot(&self, key: &TopicKey) -> Snapshot {
+        let records = self.server_records(key);
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let Some(topic) = shard.get_mut(key) else {
+            let online: Vec<_> = records.iter().collect();
             return Snapshot {
-                online_json: Arc::from("{}"),
-                last_seen: self.last_seen.recent(key, now_millis(), |_| false),
+                online_json: server::with_records("{}", &online),
+                last_seen: self
+                    .last_seen
+                    .recent(key, now_millis(), |k| online.iter().any(|(p, _)| p == k)),
             };
         };
-        let online_json = topic.state_json();
-        let last_seen = self.last_seen.recent(key, now_millis(), |k| topic.presence.has_key(k));
+        let missing: Vec<_> = records.iter().filter(|(k, _)| !topic.presence.has_key(k)).collect();
+        let online_json = match missing.is_empty() {
+            true => topic.state_json(),
+            false => server::with_records(&topic.state_json(), &missing),
+        };
+        let last_seen = self.last_seen.recent(key, now_millis(), |k| {
+            topic.presence.has_key(k) || missing.iter().any(|(p, _)| p == k)
+        });
         Snapshot { online_json, last_seen }
     }
 
@@ -323,79 +355,6 @@ impl PresenceHub {
             out.extend(shard.keys().filter(|k| keep(k)).cloned());
         }
         out
-    }
-
-    /// Tracks or refreshes a server-set entry under `presence_key` until `expires_ms`;
-    /// `meta` gets `"server": true`. A topic holds at most `max_per_topic` of them.
-    pub fn track_server(
-        &self,
-        publish: &Publisher,
-        key: &TopicKey,
-        presence_key: &str,
-        mut meta: Map<String, Value>,
-        expires_ms: u64,
-        max_per_topic: usize,
-    ) -> Result<(), Refused> {
-        let mut server = crate::sync::lock(&self.server, "server presence");
-        let entries = server.by_topic.entry(key.clone()).or_default();
-        let count = entries.len();
-        let owner = match entries.get_mut(presence_key) {
-            Some(e) => {
-                e.expires_ms = expires_ms;
-                e.owner
-            }
-            None if count >= max_per_topic => {
-                if count == 0 {
-                    server.by_topic.remove(key);
-                }
-                return Err(Refused::TooMany);
-            }
-            None => {
-                let owner = self.server_owners.next();
-                entries.insert(presence_key.to_owned(), server::Entry { owner, expires_ms });
-                owner
-            }
-        };
-        meta.insert(server::SERVER_FIELD.to_owned(), Value::Bool(true));
-        self.track(publish, key, owner, presence_key, meta);
-        Ok(())
-    }
-
-    /// Removes a server-set entry; false when there was none under that key.
-    pub fn untrack_server(&self, publish: &Publisher, key: &TopicKey, presence_key: &str) -> bool {
-        let mut server = crate::sync::lock(&self.server, "server presence");
-        let Some(entries) = server.by_topic.get_mut(key) else {
-            return false;
-        };
-        let Some(entry) = entries.remove(presence_key) else {
-            return false;
-        };
-        if entries.is_empty() {
-            server.by_topic.remove(key);
-        }
-        self.untrack(publish, key, entry.owner);
-        true
-    }
-
-    /// Server-set entries whose TTL passed leave; also forgets old last-seen times.
-    /// Returns how many left.
-    pub fn expire_server(&self, publish: &Publisher, now_ms: u64) -> usize {
-        let mut server = crate::sync::lock(&self.server, "server presence");
-        let mut expired = Vec::new();
-        server.by_topic.retain(|key, entries| {
-            entries.retain(|_, e| {
-                let keep = e.expires_ms > now_ms;
-                if !keep {
-                    expired.push((key.clone(), e.owner));
-                }
-                keep
-            });
-            !entries.is_empty()
-        });
-        for (key, owner) in &expired {
-            self.untrack(publish, key, *owner);
-        }
-        expired.len()
     }
 
     /// Forgets last-seen times older than the window.
@@ -439,16 +398,27 @@ impl PresenceHub {
         }
     }
 
-    /// A node is gone: its entries leave every topic.
-    pub fn remove_replica(&self, publish: &Publisher, replica: ReplicaId) {
+    /// A node is gone: its entries leave every topic. Returns the leaves, by topic (for
+    /// the webhooks of the topics this node reports).
+    pub fn remove_replica(&self, publish: &Publisher, replica: ReplicaId) -> Vec<(TopicKey, Diff)> {
+        let mut left = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = crate::sync::lock(shard, "presence shard");
             let keys: Vec<TopicKey> = shard.keys().cloned().collect();
             for key in keys {
                 let diff = shard.get_mut(&key).map(|t| t.presence.remove_replica(replica));
+                if let Some(diff) = diff.as_ref().filter(|d| !d.is_empty()) {
+                    left.push((key.clone(), diff.clone()));
+                }
                 self.changed(&mut shard, publish, &key, diff);
             }
         }
+        left
+    }
+
+    /// Reports a dead node's leaves to the webhooks (this node reports the topic).
+    pub fn report_leaves(&self, key: &TopicKey, diff: &Diff) {
+        self.observed(key, &Some(diff.clone()));
     }
 
     /// This node no longer follows a topic (no members left here): what it knew of other
@@ -462,9 +432,16 @@ impl PresenceHub {
 
     /// Removes a channel's presence; the channel stays subscribed.
     pub fn untrack(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId) {
+        self.untrack_as(publish, key, channel, true);
+    }
+
+    /// Removes an owner's presence; `observe`: tell the webhooks.
+    fn untrack_as(&self, publish: &Publisher, key: &TopicKey, channel: ChannelId, observe: bool) {
         let mut shard = crate::sync::lock(self.shard(key), "presence shard");
         let diff = shard.get_mut(key).and_then(|t| t.presence.untrack(channel));
-        self.observed(key, &diff);
+        if observe {
+            self.observed(key, &diff);
+        }
         self.changed(&mut shard, publish, key, diff);
     }
 }

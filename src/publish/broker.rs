@@ -11,6 +11,7 @@ use realtime_protocol::{encode, BroadcastMessage};
 
 use crate::fanout::{ChannelId, Registry, TopicKey};
 use crate::observability::metrics::{self, Out};
+use crate::presence::server::Record;
 use crate::presence::state::LocalChanges;
 use crate::publish::history::Stored;
 use crate::replication::Batch;
@@ -94,6 +95,16 @@ pub trait Broker: Send + Sync {
     /// Whether [`Broker::presence_changes`] is wanted (building them costs a little per
     /// presence flush, wasted on a single node).
     fn replicates_presence(&self) -> bool {
+        false
+    }
+
+    /// A server-set presence record changed on this node (`None`: removed), for the
+    /// other nodes (ignored on a single node).
+    fn server_presence(&self, _key: &TopicKey, _presence_key: &str, _record: Option<&Record>) {}
+
+    /// Whether the broker reports `channel.occupied`/`channel.vacated` itself (a cluster
+    /// reports them once for all nodes); otherwise the publish path reports this node's.
+    fn reports_occupancy(&self) -> bool {
         false
     }
 

@@ -22,6 +22,7 @@ pub use self::broker::{Broker, Message};
 use self::history::History;
 use crate::fanout::{ChannelId, Registry, Subscriber, TopicKey};
 use crate::limits::Limits;
+use crate::presence::server::Record;
 use crate::presence::state::LocalChanges;
 use crate::replication::Batch;
 
@@ -61,7 +62,7 @@ impl Publisher {
     }
 
     /// Reports topics becoming occupied and vacated on this node to `webhooks` (set
-    /// once, at start).
+    /// once, at start), unless the broker reports them for the whole cluster.
     pub fn observe(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
         let _ = self.webhooks.set(webhooks);
     }
@@ -75,7 +76,7 @@ impl Publisher {
     pub fn subscribe(&self, key: &TopicKey, sub: Subscriber) {
         if self.registry.subscribe(key, sub) {
             self.broker.topic_added(key);
-            if let Some(w) = self.webhooks.get() {
+            if let Some(w) = self.webhooks.get().filter(|_| !self.broker.reports_occupancy()) {
                 w.occupied(key);
             }
         }
@@ -93,7 +94,7 @@ impl Publisher {
     pub fn unsubscribe(&self, key: &TopicKey, channel: ChannelId) {
         if self.registry.unsubscribe(key, channel) {
             self.broker.topic_removed(key);
-            if let Some(w) = self.webhooks.get() {
+            if let Some(w) = self.webhooks.get().filter(|_| !self.broker.reports_occupancy()) {
                 w.vacated(key);
             }
         }
@@ -169,6 +170,12 @@ impl Publisher {
     /// to the other nodes (nothing to do on a single node).
     pub fn presence_changes(&self, key: &TopicKey, changes: &LocalChanges) {
         self.broker.presence_changes(key, changes);
+    }
+
+    /// Hands a change of a server-set presence record made on this node to the broker,
+    /// which replicates it to the other nodes (nothing to do on a single node).
+    pub fn server_presence(&self, key: &TopicKey, presence_key: &str, record: Option<&Record>) {
+        self.broker.server_presence(key, presence_key, record);
     }
 
     /// Publishes a `presence_diff` payload to the members allowed to read presence.

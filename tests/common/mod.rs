@@ -7,6 +7,7 @@ pub mod pg;
 pub mod engine_server;
 pub mod nats_server;
 pub mod redis_server;
+pub mod webhook_receiver;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -351,6 +352,47 @@ impl Client {
         assert_eq!(reply.payload()["status"], "ok", "join failed: {reply:?}");
         join_ref
     }
+}
+
+/// Sends a presence track of `payload` on a joined channel (the reply is not awaited).
+pub async fn track(c: &mut Client, join_ref: &str, topic: &str, payload: Value) {
+    let ref_ = c.make_ref();
+    c.push(
+        Some(join_ref),
+        Some(&ref_),
+        topic,
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": payload}),
+    )
+    .await;
+}
+
+/// Waits for a `presence_diff` whose `side` ("joins" or "leaves") holds `key`; the first
+/// of its metas there.
+pub async fn diff_with(c: &mut Client, side: &str, key: &str, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = c.recv_within(left).await?;
+        if f.event() == "presence_diff" {
+            if let Some(group) = f.payload()[side].get(key) {
+                return Some(group["metas"][0].clone());
+            }
+        }
+    }
+}
+
+/// A REST call with a service-role key and a JSON body (`null`: none); the status and the
+/// JSON answer (`null` when there is none).
+pub async fn service_call(s: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let key = token("service_role", 60);
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let (status, _, resp) = s.http(method, path, &[("apikey", &key)], &body).await;
+    (status, serde_json::from_slice(&resp).unwrap_or(Value::Null))
 }
 
 /// supabase-js' default join config, merged shallowly with `over`.
