@@ -486,12 +486,14 @@ fn distinct_values<'a>(
                     .and_then(|v| v.as_deref()),
             })
             .collect();
-        let d = *index.entry(tuple.clone()).or_insert_with(|| {
-            distinct.push(tuple);
-            members.push(Vec::new());
-            members.len() - 1
-        });
-        members[d].push(at);
+        match index.get(&tuple) {
+            Some(&d) => members[d].push(at),
+            None => {
+                index.insert(tuple.clone(), distinct.len());
+                distinct.push(tuple);
+                members.push(vec![at]);
+            }
+        }
     }
     (distinct, members)
 }
