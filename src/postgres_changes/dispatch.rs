@@ -273,173 +273,241 @@ async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
     true
 }
 
-/// (change index, candidate index) pairs of one viewer group.
-type Members = Vec<(usize, usize)>;
-
-/// One table's subscribers that get the same RLS answers: per group (a viewer, or a
-/// channel when RLS batching is off), its members in change order.
-struct TableGroups {
+/// One table's RLS work in a round. A group is who gets the same answers: a viewer (role
+/// and claims), or a channel when RLS batching is off.
+struct TableChecks {
     subs: Arc<TableSubs>,
-    groups: Vec<Members>,
+    table: Arc<TableInfo>,
+    /// The changes (indexes into the round) with a candidate waiting on a check, in order.
+    rows: Vec<usize>,
+    /// Per group: some candidate of it waits on a check.
+    waiting: Vec<bool>,
 }
 
-/// One group to check: a channel standing for it (index into the table's subscribers)
-/// and its members.
-struct Pending {
-    rep: usize,
-    members: Members,
+impl TableChecks {
+    /// The group of the table's channel `ix`.
+    fn group(&self, batch: bool, ix: u32) -> usize {
+        if batch {
+            self.subs.viewer_of[ix as usize] as usize
+        } else {
+            ix as usize
+        }
+    }
+
+    /// The channel standing for group `g`.
+    fn representative(&self, batch: bool, g: usize) -> usize {
+        if batch {
+            self.subs.viewers[g] as usize
+        } else {
+            g
+        }
+    }
+
+    fn viewer(&self, batch: bool, g: usize) -> Group<'_> {
+        let ch = &self.subs.channels[self.representative(batch, g)];
+        Group {
+            viewer: Viewer {
+                role: &ch.role,
+                claims: &ch.claims,
+                sub: ch.sub.as_deref(),
+            },
+            claims: &ch.claims,
+        }
+    }
 }
 
-/// Marks candidates whose viewer may not SELECT the row. DELETE is never checked (as in
-/// Supabase); tables without RLS and roles with BYPASSRLS need no query.
+/// Whether candidate `c` of `p` waits on an RLS check: the change is checked (not a
+/// DELETE, as in Supabase; a table with RLS and a key), its role exists, and does not
+/// bypass RLS.
+fn waits(p: &Prepared<'_>, c: usize) -> bool {
+    p.visible[c]
+        && p.access[p.subs.role_of[p.candidates[c] as usize] as usize]
+            .as_ref()
+            .is_some_and(|a| !a.bypass_rls)
+}
+
+/// Whether `p`'s candidates are checked at all.
+fn checked(p: &Prepared<'_>) -> bool {
+    p.change.rls && p.change.kind != Action::Delete && !p.table.pk.is_empty()
+}
+
+/// The answers of one table's checks. Groups that share answers share a class (a viewer
+/// of the shared check, its distinct policy values): the bits are (row, class), so a
+/// round's cost follows rows and distinct values, not rows × viewers.
+struct Verdicts {
+    /// Per group: its class; `None` when it could not be checked (it sees nothing).
+    class_of: Vec<Option<u32>>,
+    classes: u32,
+    /// Visible (row position, class) pairs.
+    pairs: Vec<(u32, u32)>,
+}
+
+impl Verdicts {
+    /// A new class.
+    fn class(&mut self) -> u32 {
+        self.classes += 1;
+        self.classes - 1
+    }
+
+    /// A bit per (row position, class): set when visible.
+    fn bits(&self, rows: usize) -> Vec<u64> {
+        let classes = self.classes as usize;
+        let mut bits = vec![0u64; (rows * classes).div_ceil(64)];
+        for &(row, class) in &self.pairs {
+            let at = row as usize * classes + class as usize;
+            if let Some(word) = bits.get_mut(at / 64) {
+                *word |= 1 << (at % 64);
+            }
+        }
+        bits
+    }
+}
+
+/// Clears candidates whose viewer may not SELECT the row. Tables without RLS and roles
+/// with BYPASSRLS need no query.
 async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
-    let mut by_table: HashMap<u32, TableGroups> = HashMap::new();
+    let batch = pg.rls_batch;
+    let mut tables: Vec<TableChecks> = Vec::new();
     for (pi, p) in prepared.iter().enumerate() {
-        if !p.change.rls || p.change.kind == Action::Delete || p.table.pk.is_empty() {
+        if !checked(p) {
             continue;
         }
-        let subs = &p.subs;
-        let table = by_table.entry(p.table.oid).or_insert_with(|| TableGroups {
-            subs: subs.clone(),
-            groups: vec![
-                Vec::new();
-                if pg.rls_batch {
-                    subs.viewers.len()
+        let at = match tables.iter().position(|t| t.table.oid == p.table.oid) {
+            Some(at) => at,
+            None => {
+                let groups = if batch {
+                    p.subs.viewers.len()
                 } else {
-                    subs.channels.len()
+                    p.subs.channels.len()
+                };
+                tables.push(TableChecks {
+                    subs: p.subs.clone(),
+                    table: p.table.clone(),
+                    rows: Vec::new(),
+                    waiting: vec![false; groups],
+                });
+                tables.len() - 1
+            }
+        };
+        let t = &mut tables[at];
+        let mut any = false;
+        for (c, &ix) in p.candidates.iter().enumerate() {
+            if waits(p, c) {
+                let g = t.group(batch, ix);
+                t.waiting[g] = true;
+                any = true;
+            }
+        }
+        if any {
+            t.rows.push(pi);
+        }
+    }
+    for t in &tables {
+        let verdicts = table_verdicts(pg, prepared, t).await;
+        let bits = verdicts.bits(t.rows.len());
+        let classes = verdicts.classes as usize;
+        for (k, &pi) in t.rows.iter().enumerate() {
+            let p = &mut prepared[pi];
+            for c in 0..p.candidates.len() {
+                if !waits(p, c) {
+                    continue;
                 }
-            ],
-        });
-        for (ci, &ix) in p.candidates.iter().enumerate() {
-            let ix = ix as usize;
-            let bypass = p.access[subs.role_of[ix] as usize]
-                .as_ref()
-                .is_none_or(|a| a.bypass_rls);
-            if !p.visible[ci] || bypass {
+                let g = t.group(batch, p.candidates[c]);
+                p.visible[c] = verdicts.class_of[g].is_some_and(|class| {
+                    let at = k * classes + class as usize;
+                    bits.get(at / 64).is_some_and(|w| w & (1 << (at % 64)) != 0)
+                });
+            }
+        }
+    }
+}
+
+/// Checks one table's waiting groups: the shared statement per role first, then one by
+/// one those it could not decide.
+async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChecks) -> Verdicts {
+    let batch = pg.rls_batch;
+    let waiting: Vec<usize> = (0..t.waiting.len()).filter(|&g| t.waiting[g]).collect();
+    let mut verdicts = Verdicts {
+        class_of: vec![None; t.waiting.len()],
+        classes: 0,
+        pairs: Vec::new(),
+    };
+    if batch {
+        let keys: Vec<&[String]> = t.rows.iter().map(|&p| prepared[p].pk.as_slice()).collect();
+        for (r, role) in t.subs.roles.iter().enumerate() {
+            let of_role: Vec<usize> = waiting
+                .iter()
+                .copied()
+                .filter(|&g| t.subs.role_of[t.representative(batch, g)] as usize == r)
+                .collect();
+            if of_role.is_empty() {
                 continue;
             }
-            let g = if pg.rls_batch { subs.viewer_of[ix] as usize } else { ix };
-            if let Some(members) = table.groups.get_mut(g) {
-                members.push((pi, ci));
+            let groups: Vec<Group<'_>> = of_role.iter().map(|&g| t.viewer(batch, g)).collect();
+            let Some(shared) = pg.shared_rls.check(&pg.pool, &t.table, role, &groups, &keys).await else {
+                continue;
+            };
+            let base = verdicts.classes;
+            for (&g, class) in of_role.iter().zip(shared.class_of) {
+                verdicts.class_of[g] = class.map(|c| base + c);
+            }
+            verdicts
+                .pairs
+                .extend(shared.pairs.iter().map(|&(row, c)| (row, base + c)));
+            verdicts.classes += shared.classes;
+        }
+    }
+    let rest: Vec<usize> = waiting
+        .into_iter()
+        .filter(|&g| verdicts.class_of[g].is_none())
+        .collect();
+    if rest.is_empty() {
+        return verdicts;
+    }
+    // The row positions each remaining group waits on.
+    let mut slot = vec![u32::MAX; t.waiting.len()];
+    for (i, &g) in rest.iter().enumerate() {
+        slot[g] = i as u32;
+    }
+    let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); rest.len()];
+    for (k, &pi) in t.rows.iter().enumerate() {
+        let p = &prepared[pi];
+        for (c, &ix) in p.candidates.iter().enumerate() {
+            let s = slot[t.group(batch, ix)];
+            if s != u32::MAX && waits(p, c) {
+                let rows = &mut rows_of[s as usize];
+                if rows.last() != Some(&(k as u32)) {
+                    rows.push(k as u32);
+                }
             }
         }
     }
-    by_table.retain(|_, t| t.groups.iter().any(|m| !m.is_empty()));
-    if by_table.is_empty() {
-        return;
-    }
-    for (_, TableGroups { subs, groups }) in by_table {
-        let groups: Vec<Pending> = groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, members)| !members.is_empty())
-            .map(|(g, members)| Pending {
-                rep: if pg.rls_batch { subs.viewers[g] as usize } else { g },
-                members,
-            })
-            .collect();
-        let table = prepared[groups[0].members[0].0].table.clone();
-        let viewer = |g: &Pending| {
-            let ch = &subs.channels[g.rep];
-            Group {
-                viewer: Viewer {
-                    role: &ch.role,
-                    claims: &ch.claims,
-                    sub: ch.sub.as_deref(),
-                },
-                claims: &ch.claims,
+    let checks: Vec<Check<'_>> = rest
+        .iter()
+        .zip(&rows_of)
+        .map(|(&g, rows)| Check {
+            viewer: t.viewer(batch, g).viewer,
+            rows: rows.iter().map(|&k| prepared[t.rows[k as usize]].pk.clone()).collect(),
+        })
+        .collect();
+    let answers = rls::visible(&pg.pool, &t.table, &checks, batch).await;
+    drop(checks);
+    for ((&g, rows), answer) in rest.iter().zip(&rows_of).zip(answers) {
+        match answer {
+            Ok(seen) => {
+                let class = verdicts.class();
+                verdicts.class_of[g] = Some(class);
+                let visible = rows.iter().zip(seen).filter(|(_, s)| *s).map(|(&k, _)| (k, class));
+                verdicts.pairs.extend(visible);
             }
-        };
-        // Distinct rows of each group, in order.
-        let rows: Vec<Vec<usize>> = groups
-            .iter()
-            .map(|g| {
-                let mut r: Vec<usize> = g.members.iter().map(|(p, _)| *p).collect();
-                r.dedup();
-                r
-            })
-            .collect();
-        // Per group, per its rows: the answer, once known.
-        let mut answers: Vec<Option<Result<Vec<bool>, tokio_postgres::Error>>> =
-            (0..groups.len()).map(|_| None).collect();
-        if pg.rls_batch {
-            let viewers: Vec<Group<'_>> = groups.iter().map(viewer).collect();
-            shared_checks(pg, prepared, &table, &viewers, &rows, &mut answers).await;
-        }
-        let remaining: Vec<usize> = (0..groups.len()).filter(|&g| answers[g].is_none()).collect();
-        let checks: Vec<Check<'_>> = remaining
-            .iter()
-            .map(|&g| Check {
-                viewer: viewer(&groups[g]).viewer,
-                rows: rows[g].iter().map(|&p| prepared[p].pk.clone()).collect(),
-            })
-            .collect();
-        if !checks.is_empty() {
-            let verdicts = rls::visible(&pg.pool, &table, &checks, pg.rls_batch).await;
-            drop(checks);
-            for (&g, verdict) in remaining.iter().zip(verdicts) {
-                answers[g] = Some(verdict);
-            }
-        }
-        let verdicts = answers.into_iter().map(|a| a.unwrap_or_else(|| Ok(Vec::new())));
-        for ((group, rows), verdict) in groups.iter().zip(&rows).zip(verdicts) {
-            let verdict = verdict.unwrap_or_else(|e| {
-                // Isolated: only this viewer misses these rows (Supabase issue #2093).
-                warn!(role = %subs.channels[group.rep].role, table = %table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
-                vec![false; rows.len()]
-            });
-            for &(p, c) in &group.members {
-                // `rows` is sorted (members are pushed in change order).
-                let visible = rows
-                    .binary_search(&p)
-                    .ok()
-                    .and_then(|at| verdict.get(at).copied())
-                    .unwrap_or(false);
-                prepared[p].visible[c] = visible;
+            // Isolated: only this viewer misses these rows (Supabase issue #2093).
+            Err(e) => {
+                let role = &t.subs.channels[t.representative(batch, g)].role;
+                warn!(role = %role, table = %t.table.name, error = %super::subscribe::exception_text(&e), "RLS check failed: rows skipped for this subscriber");
             }
         }
     }
-}
-
-/// The one-statement check per role ([`rls_shared`]): fills `answers` for the groups
-/// (`viewers[g]`, its `rows[g]`) it could decide; the rest stay `None` for the per-viewer
-/// check.
-async fn shared_checks(
-    pg: &PgChanges,
-    prepared: &[Prepared<'_>],
-    table: &TableInfo,
-    viewers: &[Group<'_>],
-    rows: &[Vec<usize>],
-    answers: &mut [Option<Result<Vec<bool>, tokio_postgres::Error>>],
-) {
-    let mut roles: Vec<&str> = viewers.iter().map(|v| v.viewer.role).collect();
-    roles.sort_unstable();
-    roles.dedup();
-    for role in roles {
-        let of_role: Vec<usize> = (0..viewers.len()).filter(|&g| viewers[g].viewer.role == role).collect();
-        let mut union: Vec<usize> = of_role.iter().flat_map(|&g| rows[g].iter().copied()).collect();
-        union.sort_unstable();
-        union.dedup();
-        let keys: Vec<&[String]> = union.iter().map(|&p| prepared[p].pk.as_slice()).collect();
-        let groups: Vec<Group<'_>> = of_role.iter().map(|&g| viewers[g]).collect();
-        let Some(found) = pg.shared_rls.check(&pg.pool, table, role, &groups, &keys).await else {
-            continue;
-        };
-        for (&g, seen) in of_role.iter().zip(found) {
-            let Some(seen) = seen else { continue };
-            let visible = rows[g]
-                .iter()
-                .map(|p| {
-                    union
-                        .binary_search(p)
-                        .ok()
-                        .and_then(|at| seen.get(at).copied())
-                        .unwrap_or(false)
-                })
-                .collect();
-            answers[g] = Some(Ok(visible));
-        }
-    }
+    verdicts
 }
 
 /// What makes two recipients' frames of one change equal: (vsn, topic, binding ids,

@@ -51,6 +51,27 @@ pub struct SharedRls {
     values: Mutex<HashMap<ValuesKey, Values>>,
 }
 
+/// What the shared check decided for a role's groups. Groups with equal policy values
+/// form a class and get its answers, so the answers are (row, class) pairs: with a
+/// `true` policy a round over 1,000 viewers answers one class per row, not 1,000.
+pub struct Shared {
+    /// Per group (as given): its class; `None`: check it per viewer.
+    pub class_of: Vec<Option<u32>>,
+    /// How many classes.
+    pub classes: u32,
+    /// Visible (row index, class) pairs.
+    pub pairs: Vec<(u32, u32)>,
+}
+
+impl Shared {
+    /// Whether `group` sees `row`; `None` when the group was not decided. Linear in the
+    /// pairs: a round indexes them instead.
+    pub fn sees(&self, group: usize, row: usize) -> Option<bool> {
+        let class = self.class_of.get(group).copied().flatten()?;
+        Some(u32::try_from(row).is_ok_and(|r| self.pairs.contains(&(r, class))))
+    }
+}
+
 /// One viewer group of a role.
 #[derive(Clone, Copy)]
 pub struct Group<'a> {
@@ -63,8 +84,7 @@ pub struct Group<'a> {
 impl SharedRls {
     /// Checks `rows` (primary-key texts in `table.pk` order) for every group of `role`
     /// at once. `None`: the table cannot be shared for this role now, check everyone
-    /// per viewer. Otherwise per group: `Some(visible per row)`, or `None` for a group
-    /// that must be checked per viewer.
+    /// per viewer. Otherwise which groups it decided and what they see.
     pub async fn check(
         &self,
         pool: &Pool,
@@ -72,14 +92,18 @@ impl SharedRls {
         role: &str,
         groups: &[Group<'_>],
         rows: &[&[String]],
-    ) -> Option<Vec<Option<Vec<bool>>>> {
+    ) -> Option<Shared> {
         let entry = self.plan(pool, table, role).await?;
         let Plan::Shared(plan) = &entry.plan else {
             return None;
         };
         let values = self.values(pool, plan, role, groups).await;
         let ready: Vec<usize> = (0..groups.len()).filter(|&g| values[g].is_some()).collect();
-        let mut out: Vec<Option<Vec<bool>>> = vec![None; groups.len()];
+        let mut out = Shared {
+            class_of: vec![None; groups.len()],
+            classes: 0,
+            pairs: Vec::new(),
+        };
         if ready.is_empty() {
             return Some(out);
         }
@@ -87,17 +111,12 @@ impl SharedRls {
         let result = run(pool, table, role, plan, &entry.guard, groups, &values, &ready, rows).await;
         drop(timer);
         match result {
-            Ok(Some(pairs)) => {
-                for &g in &ready {
-                    out[g] = Some(vec![false; rows.len()]);
+            Ok(Some(answer)) => {
+                for (&g, class) in ready.iter().zip(answer.class_of) {
+                    out.class_of[g] = Some(class);
                 }
-                for (row, group) in pairs {
-                    if let Some(seen) = ready.get(group).and_then(|&g| out[g].as_mut()) {
-                        if let Some(s) = seen.get_mut(row) {
-                            *s = true;
-                        }
-                    }
-                }
+                out.classes = answer.classes;
+                out.pairs = answer.pairs;
                 Some(out)
             }
             Ok(None) => {
@@ -372,8 +391,16 @@ fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
     )
 }
 
-/// Runs the shared statement for the `ready` groups: `Ok(None)` when the guard changed,
-/// else the visible (row index, index into `ready`) pairs.
+/// The shared statement's answer for the `ready` groups.
+struct Answer {
+    /// Per `ready` group: its class (distinct values).
+    class_of: Vec<u32>,
+    classes: u32,
+    /// Visible (row index, class) pairs.
+    pairs: Vec<(u32, u32)>,
+}
+
+/// Runs the shared statement for the `ready` groups: `Ok(None)` when the guard changed.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     pool: &Pool,
@@ -385,13 +412,13 @@ async fn run(
     values: &[Values],
     ready: &[usize],
     rows: &[&[String]],
-) -> Result<Option<Vec<(usize, usize)>>, tokio_postgres::Error> {
+) -> Result<Option<Answer>, tokio_postgres::Error> {
     let sql = statement(table, plan);
     let row_index: Vec<i32> = (0..rows.len() as i32).collect();
     let key_columns: Vec<Vec<&str>> = (0..table.pk.len())
         .map(|k| rows.iter().map(|r| r.get(k).map_or("", String::as_str)).collect())
         .collect();
-    let (distinct, members) = distinct_values(plan, groups, values, ready);
+    let (distinct, class_of) = distinct_values(plan, groups, values, ready);
     let group_index: Vec<i32> = (0..distinct.len() as i32).collect();
     let value_columns: Vec<Vec<Option<&str>>> = (0..plan.values.len())
         .map(|i| distinct.iter().map(|tuple| tuple[i]).collect())
@@ -428,6 +455,7 @@ async fn run(
         debug!(error = %e, "rollback after the shared RLS check failed");
     }
     settings?;
+    let classes = distinct.len() as u32;
     let mut pairs = Vec::new();
     for row in result? {
         let (Ok(r), Ok(g)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
@@ -436,15 +464,21 @@ async fn run(
         if r < 0 {
             return Ok(None);
         }
-        if let (Ok(r), Some(of)) = (usize::try_from(r), usize::try_from(g).ok().and_then(|g| members.get(g))) {
-            pairs.extend(of.iter().map(|&g| (r, g)));
+        if let (Ok(r), Ok(g)) = (u32::try_from(r), u32::try_from(g)) {
+            if g < classes {
+                pairs.push((r, g));
+            }
         }
     }
-    Ok(Some(pairs))
+    Ok(Some(Answer {
+        class_of,
+        classes,
+        pairs,
+    }))
 }
 
-/// The distinct tuples of group values among the `ready` groups, and per tuple the
-/// groups (indexes into `ready`) that have it. The rewritten policy reads a viewer only
+/// The distinct tuples of group values among the `ready` groups, and per `ready` group
+/// the index of its tuple. The rewritten policy reads a viewer only
 /// through these values, so groups with equal tuples get equal answers: with a `true`
 /// policy a thousand viewers are one group, with `user_id = auth.uid()` two tabs of one
 /// user are one.
@@ -453,7 +487,7 @@ fn distinct_values<'a>(
     groups: &[Group<'a>],
     values: &'a [Values],
     ready: &[usize],
-) -> (Vec<Vec<Option<&'a str>>>, Vec<Vec<usize>>) {
+) -> (Vec<Vec<Option<&'a str>>>, Vec<u32>) {
     // Function values are stored in call order: the order of the `Function` entries.
     let mut nth = 0;
     let slots: Vec<Option<usize>> = plan
@@ -468,8 +502,8 @@ fn distinct_values<'a>(
         .collect();
     let mut index: HashMap<Vec<Option<&'a str>>, usize> = HashMap::new();
     let mut distinct = Vec::new();
-    let mut members: Vec<Vec<usize>> = Vec::new();
-    for (at, &g) in ready.iter().enumerate() {
+    let mut class_of: Vec<u32> = Vec::with_capacity(ready.len());
+    for &g in ready {
         let viewer = &groups[g].viewer;
         let tuple: Vec<Option<&'a str>> = plan
             .values
@@ -487,13 +521,13 @@ fn distinct_values<'a>(
             })
             .collect();
         match index.get(&tuple) {
-            Some(&d) => members[d].push(at),
+            Some(&d) => class_of.push(d as u32),
             None => {
+                class_of.push(distinct.len() as u32);
                 index.insert(tuple.clone(), distinct.len());
                 distinct.push(tuple);
-                members.push(vec![at]);
             }
         }
     }
-    (distinct, members)
+    (distinct, class_of)
 }
