@@ -3,7 +3,8 @@
 //! attributes, column grants) afresh for the chunk, check RLS once per (role, claims)
 //! group and table for the whole chunk, build each distinct `data` once, and push one
 //! frame per channel listing the ids of all its matching bindings. Order is preserved:
-//! the chunk is pushed change by change after all checks are done.
+//! the chunk is pushed change by change after all checks are done and after every
+//! earlier chunk's (rounds overlap: see [`super::turns`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +70,8 @@ fn wants(s: &Subscription, table: u32, kind: Action, image: Option<&[Cell<'_>]>)
 /// Delivers a chunk of changes, in order; `commit_us[i]` is change i's commit time;
 /// `xids` are the ids of their transactions.
 pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], xids: &[u32]) {
+    // Taken before the first await: rounds start in batch order, so turns follow it.
+    let turn = pg.turns.take();
     // Changes of one transaction share a timestamp: format each distinct one once.
     let mut stamps: Vec<(i64, String)> = Vec::new();
     for &t in commit_us {
@@ -106,14 +109,18 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
     let secured_at = started.elapsed();
     check_rls(pg, &mut prepared).await;
     let checked_at = started.elapsed();
+    turn.wait().await;
+    let turn_at = started.elapsed();
     for p in &prepared {
         push(p, pg.max_record_bytes);
     }
+    drop(turn);
     debug!(
         changes = prepared.len(),
         security_ms = secured_at.as_secs_f64() * 1e3,
         rls_ms = (checked_at - secured_at).as_secs_f64() * 1e3,
-        push_ms = (started.elapsed() - checked_at).as_secs_f64() * 1e3,
+        turn_ms = (turn_at - checked_at).as_secs_f64() * 1e3,
+        push_ms = (started.elapsed() - turn_at).as_secs_f64() * 1e3,
         "postgres changes round"
     );
 }

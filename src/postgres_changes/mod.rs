@@ -20,6 +20,7 @@ pub mod rls;
 pub mod rls_shared;
 mod sql_tokens;
 pub mod subscribe;
+mod turns;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct PgChanges {
     registry: Registry,
     /// Plans of the one-statement-per-role RLS check.
     shared_rls: rls_shared::SharedRls,
+    /// Overlapping delivery rounds push in commit order.
+    turns: turns::Turns,
     /// See [`Settings::rls_batch`].
     rls_batch: bool,
     /// See [`Settings::max_record_bytes`].
@@ -92,6 +95,7 @@ impl PgChanges {
             pool,
             registry: Registry::default(),
             shared_rls: rls_shared::SharedRls::default(),
+            turns: turns::Turns::default(),
             rls_batch: settings.rls_batch,
             max_record_bytes: settings.max_record_bytes,
             max_in_values: settings.max_in_values,

@@ -99,8 +99,14 @@ impl Pool {
 
     /// Takes the next connection (round robin), opening it if needed.
     pub async fn checkout(&self) -> Result<Conn<'_>, tokio_postgres::Error> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut guard = self.slots[i].lock().await;
+        // A free connection if there is one (rounds of delivery overlap and each holds
+        // one), else wait in turn.
+        let n = self.slots.len();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut guard = match (0..n).find_map(|k| self.slots[(i + k) % n].try_lock().ok()) {
+            Some(free) => free,
+            None => self.slots[i].lock().await,
+        };
         if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
             let (client, connection) = self.config.connect(NoTls).await.inspect_err(|e| {
                 warn!(error = %e, "cannot open a database connection");

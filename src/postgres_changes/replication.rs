@@ -42,6 +42,11 @@ pub fn spawn(
 struct Changes(Arc<PgChanges>, Arc<Publisher>);
 
 impl Sink for Changes {
+    /// While one round waits on its RLS check, the next reads its security state and
+    /// starts its own (on another pooled connection); frames still leave in commit order
+    /// (`dispatch` takes turns).
+    const IN_FLIGHT: usize = 3;
+
     async fn publication_ready(&self) -> Result<bool, tokio_postgres::Error> {
         self.0.publication_exists().await
     }

@@ -154,6 +154,9 @@ impl SharedRls {
                 return None;
             }
         };
+        // Another round may have planned the same meanwhile (rounds overlap).
+        let raced = crate::sync::lock(&self.plans, "rls plans").insert(key, entry.clone());
+        let previous = raced.or(previous);
         match &entry.plan {
             // Said once, not at every re-check.
             Plan::PerViewer(reason) if previous.is_some_and(|p| p.plan == entry.plan) => {
@@ -166,7 +169,6 @@ impl SharedRls {
                 debug!(table = %table.name, role, qual = %p.qual, "RLS: one shared check per round for all viewers")
             }
         }
-        crate::sync::lock(&self.plans, "rls plans").insert(key, entry.clone());
         Some(entry)
     }
 

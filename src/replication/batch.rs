@@ -198,6 +198,16 @@ impl Batcher {
         &self.batch
     }
 
+    /// Hands the batch over by value, as [`Batcher::handed`] does: the sink may keep it
+    /// while the driver reads on.
+    pub fn take(&mut self) -> (Batch, Option<Completed>) {
+        let batch = Batch {
+            changes: std::mem::take(&mut self.batch.changes),
+            transactions: self.batch.transactions.clone(),
+        };
+        (batch, self.handed())
+    }
+
     /// The sink has the batch. Records it, starts the next batch, and returns the last
     /// transaction it completed (to acknowledge), if any.
     pub fn handed(&mut self) -> Option<Completed> {

@@ -22,8 +22,10 @@
 //! what was handed but not yet acknowledged is handed again (at least once).
 
 pub mod batch;
+mod in_flight;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -37,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 pub use self::batch::{Batch, Transaction, CHUNK};
 use self::batch::{Batcher, Completed};
+use self::in_flight::InFlight;
 use crate::observability::state::{ReplicationStats, StreamState};
 use crate::realtime_schema::migrations;
 
@@ -74,11 +77,17 @@ pub struct Settings {
 
 /// A capability fed by the driver.
 ///
-/// Contract: batches come in commit order, one at a time (the next is read only once the
-/// future of [`Sink::on_changes`] has finished). Each change is handed once while the
-/// process runs; after a restart of the process, the changes of transactions not yet
-/// acknowledged come again. The hooks other than `on_changes` must not block.
+/// Contract: batches come in commit order, at most [`Sink::IN_FLIGHT`] at a time (when
+/// that many futures of [`Sink::on_changes`] are unfinished, the next batch is read only
+/// once the oldest has finished; futures are first polled in the order of their batches).
+/// Each change is handed once while the process runs; after a restart of the process,
+/// the changes of transactions not yet acknowledged come again. The hooks other than
+/// `on_changes` must not block.
 pub trait Sink: Send + Sync + 'static {
+    /// How many batches may be in flight at once. With more than one, the sink keeps its
+    /// effects in commit order itself (the driver acknowledges in order regardless).
+    const IN_FLIGHT: usize = 1;
+
     /// Whether the publication exists (with what it must contain). While it does not,
     /// the stream waits and reports `waiting_for_publication`: creating the slot first
     /// would make every change committed meanwhile undecodable ("publication does not
@@ -97,9 +106,11 @@ pub trait Sink: Send + Sync + 'static {
     /// A table's shape, sent before its first change in a session and after it changed.
     fn on_relation(&self, _relation: &Relation) {}
 
-    /// Delivers a batch (never empty of changes). When the future finishes, the changes are
-    /// handled: the driver acknowledges the transactions the batch completes
-    /// ([`Transaction::end_lsn`]) and never hands these changes again in this process.
+    /// Delivers a batch (never empty of changes). When the future finishes, and those of
+    /// every earlier batch, the changes are handled: the driver acknowledges the
+    /// transactions the batch completes ([`Transaction::end_lsn`]). These changes are
+    /// never handed again in this process, even if the session breaks meanwhile (the
+    /// driver lets the futures in flight finish before reconnecting).
     fn on_changes(&self, batch: &Batch) -> impl Future<Output = ()> + Send;
 }
 
@@ -114,16 +125,19 @@ pub async fn run<S: Sink>(settings: Settings, sink: S) {
     let mut driver = Driver {
         shutdown: settings.shutdown.clone(),
         settings,
-        sink,
+        sink: Arc::new(sink),
         batcher: Batcher::default(),
+        in_flight: InFlight::default(),
     };
     driver.run().await;
 }
 
 struct Driver<S> {
     settings: Settings,
-    sink: S,
+    sink: Arc<S>,
     batcher: Batcher,
+    /// Batches handed to the sink whose futures have not finished.
+    in_flight: InFlight,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -176,6 +190,10 @@ impl<S: Sink> Driver<S> {
             poll = MIN_BACKOFF;
             let mut streamed = false;
             let result = self.session(&mut streamed).await;
+            // What the sink has must be handled before the stream starts again: its
+            // transactions are not handed twice (they are not acknowledged, so Postgres
+            // sends them again, and the batcher skips them).
+            self.in_flight.drain().await;
             if streamed {
                 self.sink.on_lost();
                 backoff = MIN_BACKOFF;
@@ -248,11 +266,29 @@ impl<S: Sink> Driver<S> {
                 // Acknowledge what was handled before the process exits, so a restart does
                 // not deliver it again.
                 () = shutdown_signalled(&mut self.shutdown) => {
+                    if let Some(done) = self.in_flight.drain().await {
+                        stream.set_flushed(done.end_lsn);
+                    }
                     stream.send_status().await?;
                     info!(stream = stats.name, flushed = %stream.flushed(), "last handled position acknowledged for shutdown");
                     return Ok(Ended::Shutdown);
                 }
-                msg = stream.recv() => msg?,
+                done = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    // Acknowledged only now that the sink has handled its changes.
+                    if let Some(Completed { end_lsn, commit_time_us }) = done {
+                        stats.delivered(end_lsn.0, commit_time_us);
+                        stream.set_flushed(end_lsn);
+                        if last_status.elapsed() >= ACK_DELAY {
+                            stream.send_status().await?;
+                            last_status = Instant::now();
+                        } else {
+                            ack_due.get_or_insert(last_status + ACK_DELAY);
+                        }
+                    }
+                    continue;
+                }
+                // Full: read on once the oldest batch is handled.
+                msg = stream.recv(), if self.in_flight.len() < S::IN_FLIGHT => msg?,
                 () = tokio::time::sleep_until(ack_at), if ack_due.is_some() => {
                     ack_due = None;
                     stream.send_status().await?;
@@ -276,7 +312,7 @@ impl<S: Sink> Driver<S> {
                     Received::Keepalive { wal_end } => {
                         // Nothing of ours is in flight: everything up to the server's end
                         // of WAL is handled, so let it release that WAL.
-                        if self.batcher.idle() {
+                        if self.batcher.idle() && self.in_flight.is_empty() {
                             stream.set_flushed(wal_end);
                             stats.caught_up(wal_end.0);
                         }
@@ -291,23 +327,14 @@ impl<S: Sink> Driver<S> {
             if !self.batcher.ready() {
                 continue;
             }
-            if !self.batcher.batch().changes.is_empty() {
-                self.sink.on_changes(self.batcher.batch()).await;
-            }
-            // Acknowledged only now that the sink has its changes.
-            if let Some(Completed {
-                end_lsn,
-                commit_time_us,
-            }) = self.batcher.handed()
-            {
-                stats.delivered(end_lsn.0, commit_time_us);
-                stream.set_flushed(end_lsn);
-                if last_status.elapsed() >= ACK_DELAY {
-                    stream.send_status().await?;
-                    last_status = Instant::now();
-                } else {
-                    ack_due.get_or_insert(last_status + ACK_DELAY);
-                }
+            let (batch, completed) = self.batcher.take();
+            if batch.changes.is_empty() {
+                // Nothing to hand; acknowledged in turn, after the batches before it.
+                self.in_flight.push(Box::pin(std::future::ready(())), completed);
+            } else {
+                let sink = self.sink.clone();
+                self.in_flight
+                    .push(Box::pin(async move { sink.on_changes(&batch).await }), completed);
             }
         }
     }
