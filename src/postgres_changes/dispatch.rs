@@ -91,23 +91,40 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
             prepared.push(p);
         }
     }
-    // The RLS checks read the live rows, so they must see these transactions; waiting for
-    // that overlaps the security read (one round trip of latency instead of two).
+    // The RLS checks read the live rows, so they must see these transactions.
     let may_check = prepared
         .iter()
         .any(|p| p.change.kind != Action::Delete && !p.table.pk.is_empty());
-    let visible = async {
+    let started = std::time::Instant::now();
+    // The last round's security state predicts this one's: the checks start at once,
+    // beside the read of this round's state, and count only if it agrees on who is
+    // checked; otherwise they run again under it. One round trip of latency, not two.
+    let hint = pg.security_hint();
+    if let Some(h) = &hint {
+        apply_security(&mut prepared, h);
+    }
+    let ahead = async {
         if may_check {
             rls::wait_visible(&pg.pool, xids).await;
         }
+        match &hint {
+            Some(_) => Some(check_rls(pg, &prepared).await),
+            None => None,
+        }
     };
-    let started = std::time::Instant::now();
-    let (secured, ()) = tokio::join!(apply_security(pg, &mut prepared), visible);
-    if !secured {
+    let (security, ahead) = tokio::join!(read_security(pg, &prepared), ahead);
+    let Some(security) = security else {
         return;
-    }
+    };
+    let agreed = hint.as_ref().is_some_and(|h| same_checks(h, &security, &prepared));
+    apply_security(&mut prepared, &security);
+    pg.set_security_hint(security);
     let secured_at = started.elapsed();
-    check_rls(pg, &mut prepared).await;
+    let verdicts = match ahead {
+        Some(verdicts) if agreed => verdicts,
+        _ => check_rls(pg, &prepared).await,
+    };
+    apply_verdicts(&mut prepared, &verdicts, pg.rls_batch);
     let checked_at = started.elapsed();
     turn.wait().await;
     let turn_at = started.elapsed();
@@ -117,6 +134,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
     drop(turn);
     debug!(
         changes = prepared.len(),
+        ahead = agreed,
         security_ms = secured_at.as_secs_f64() * 1e3,
         rls_ms = (checked_at - secured_at).as_secs_f64() * 1e3,
         turn_ms = (turn_at - checked_at).as_secs_f64() * 1e3,
@@ -241,14 +259,12 @@ async fn prepare<'a>(pg: &PgChanges, subs: Arc<TableSubs>, rc: &'a RowChange, ts
     })
 }
 
-/// Reads the round's security state in one statement and applies it: whether each table
-/// has RLS now and what each role may read now. A candidate whose role no longer exists
-/// is dropped. If the state cannot be read, nothing of the round is delivered (logged):
-/// a guess could show what a revoke or a new policy hides. Returns whether anything is
-/// left to deliver.
-async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
+/// Reads the round's security state in one statement: whether each table has RLS now
+/// and what each role may read now. If it cannot be read, nothing of the round is
+/// delivered (logged): a guess could show what a revoke or a new policy hides.
+async fn read_security(pg: &PgChanges, prepared: &[Prepared<'_>]) -> Option<Arc<Security>> {
     let mut pairs: Vec<(&TableInfo, &str)> = Vec::new();
-    for p in prepared.iter() {
+    for p in prepared {
         for role in &p.subs.roles {
             let pair = (p.table.as_ref(), role.as_str());
             if !pairs.iter().any(|(t, r)| t.oid == pair.0.oid && *r == pair.1) {
@@ -256,14 +272,17 @@ async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
             }
         }
     }
-    let security: Security = match pg.catalog.security(&pairs).await {
-        Ok(s) => s,
+    match pg.catalog.security(&pairs).await {
+        Ok(s) => Some(Arc::new(s)),
         Err(e) => {
             warn!(error = %e, changes = prepared.len(), "cannot read RLS and privileges: these changes are not delivered");
-            return false;
+            None
         }
-    };
-    drop(pairs);
+    }
+}
+
+/// Applies a security state: a candidate whose role no longer exists is dropped.
+fn apply_security(prepared: &mut [Prepared<'_>], security: &Security) {
     for p in prepared.iter_mut() {
         let oid = p.table.oid;
         p.change.rls = security.rls(oid).unwrap_or(true);
@@ -275,6 +294,27 @@ async fn apply_security(pg: &PgChanges, prepared: &mut [Prepared<'_>]) -> bool {
         }
         for (c, &ix) in p.candidates.iter().enumerate() {
             p.visible[c] = p.access[p.subs.role_of[ix as usize] as usize].is_some();
+        }
+    }
+}
+
+/// Whether `a` and `b` check the same candidates of the round: per table, RLS on or off
+/// alike, and per role, present and bypassing RLS alike (column grants do not matter to
+/// the checks).
+fn same_checks(a: &Security, b: &Security, prepared: &[Prepared<'_>]) -> bool {
+    let mut seen: Vec<u32> = Vec::new();
+    for p in prepared {
+        let oid = p.table.oid;
+        if seen.contains(&oid) {
+            continue;
+        }
+        seen.push(oid);
+        if a.rls(oid) != b.rls(oid) {
+            return false;
+        }
+        let bypass = |s: &Security, role: &str| s.access(oid, role).map(|x| x.bypass_rls);
+        if p.subs.roles.iter().any(|role| bypass(a, role) != bypass(b, role)) {
+            return false;
         }
     }
     true
@@ -370,9 +410,9 @@ impl Verdicts {
     }
 }
 
-/// Clears candidates whose viewer may not SELECT the row. Tables without RLS and roles
+/// Checks which candidates may SELECT their row, per table. Tables without RLS and roles
 /// with BYPASSRLS need no query.
-async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
+async fn check_rls(pg: &PgChanges, prepared: &[Prepared<'_>]) -> Vec<(TableChecks, Verdicts)> {
     let batch = pg.rls_batch;
     let mut tables: Vec<TableChecks> = Vec::new();
     for (pi, p) in prepared.iter().enumerate() {
@@ -409,8 +449,17 @@ async fn check_rls(pg: &PgChanges, prepared: &mut [Prepared<'_>]) {
             t.rows.push(pi);
         }
     }
-    for t in &tables {
-        let verdicts = table_verdicts(pg, prepared, t).await;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let verdicts = table_verdicts(pg, prepared, &t).await;
+        out.push((t, verdicts));
+    }
+    out
+}
+
+/// Clears the candidates the checks hid (and those no check answered: fail closed).
+fn apply_verdicts(prepared: &mut [Prepared<'_>], checks: &[(TableChecks, Verdicts)], batch: bool) {
+    for (t, verdicts) in checks {
         let bits = verdicts.bits(t.rows.len());
         let classes = verdicts.classes as usize;
         for (k, &pi) in t.rows.iter().enumerate() {

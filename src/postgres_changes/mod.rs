@@ -23,7 +23,7 @@ pub mod subscribe;
 mod turns;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use realtime_protocol::{encode, errors};
@@ -48,6 +48,9 @@ pub struct PgChanges {
     shared_rls: rls_shared::SharedRls,
     /// Overlapping delivery rounds push in commit order.
     turns: turns::Turns,
+    /// The last round's security state: the next round's checks start under it (and
+    /// count only if the round's own state agrees).
+    security_hint: Mutex<Option<Arc<catalog::Security>>>,
     /// See [`Settings::rls_batch`].
     rls_batch: bool,
     /// See [`Settings::max_record_bytes`].
@@ -96,6 +99,7 @@ impl PgChanges {
             registry: Registry::default(),
             shared_rls: rls_shared::SharedRls::default(),
             turns: turns::Turns::default(),
+            security_hint: Mutex::new(None),
             rls_batch: settings.rls_batch,
             max_record_bytes: settings.max_record_bytes,
             max_in_values: settings.max_in_values,
@@ -267,6 +271,15 @@ impl PgChanges {
                 }
             }
         }
+    }
+
+    /// The last round's security state (a prediction only: see `security_hint`).
+    fn security_hint(&self) -> Option<Arc<catalog::Security>> {
+        crate::sync::lock(&self.security_hint, "security hint").clone()
+    }
+
+    fn set_security_hint(&self, security: Arc<catalog::Security>) {
+        *crate::sync::lock(&self.security_hint, "security hint") = Some(security);
     }
 
     /// The stream is up (here, or on the cluster's leader): subscriptions waiting for it
