@@ -233,6 +233,75 @@ async fn public_history_is_shared_by_the_nodes(kind: Kind) {
     on_c_again.expect_silence(Duration::from_millis(300)).await;
 }
 
+/// The `n`s of the replay a join on `server` gets with `replay` (then nothing more).
+async fn replay_ns(server: &Server, topic: &str, replay: Value, count: usize) -> Vec<(i64, Value)> {
+    let (mut c, _) = member(server, "2.0.0", topic, json!({"broadcast": {"replay": replay}})).await;
+    let got = replayed(&mut c, count).await;
+    c.expect_silence(Duration::from_millis(300)).await;
+    got
+}
+
+async fn public_history_outlives_the_node_it_was_published_on(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let node = |name: &'static str| {
+        let engine = &engine;
+        async move {
+            Server::start_with(&[
+                ("CLUSTER_URL", &engine.url()),
+                ("NODE_ID", name),
+                ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
+                ("REPLAY_PUBLIC", "true"),
+            ])
+            .await
+        }
+    };
+    // No database: the history lives in the engine only.
+    let (mut a, b) = (node("a").await, node("b").await);
+    let topic = "realtime:outlives";
+    let since = now_ms();
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let mut mid = 0;
+    for n in 1..=5 {
+        if n == 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            mid = now_ms();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        let ref_ = sender.make_ref();
+        sender
+            .push(Some(&sender_ref), Some(&ref_), topic, "broadcast", payload)
+            .await;
+        // Acknowledged once the engine has it.
+        assert_eq!(sender.recv_event("phx_reply").await.payload()["status"], "ok");
+    }
+    let live = replayed(&mut on_a, 5).await;
+    let ids: Vec<Value> = live.iter().map(|(_, meta)| meta["id"].clone()).collect();
+    // The origin dies (b never followed the topic, so only the engine has the history).
+    a.kill();
+    drop((sender, on_a));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = replay_ns(&b, topic, json!({"since": since, "limit": 25}), 5).await;
+    assert_eq!(all.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    for ((_, meta), id) in all.iter().zip(&ids) {
+        assert_eq!(meta, &json!({"id": id, "replayed": true}), "the ids live clients saw");
+    }
+    let newest = replay_ns(&b, topic, json!({"since": since, "limit": 2}), 2).await;
+    assert_eq!(newest.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5], "limit keeps the newest");
+    let later = replay_ns(&b, topic, json!({"since": mid, "limit": 25}), 2).await;
+    assert_eq!(later.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5], "since");
+    // Another public topic's history is its own.
+    let (mut other, _) = member(
+        &b,
+        "2.0.0",
+        "realtime:outlives-not",
+        json!({"broadcast": {"replay": {"since": since, "limit": 25}}}),
+    )
+    .await;
+    other.expect_silence(Duration::from_millis(300)).await;
+}
+
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
@@ -492,6 +561,7 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 
 per_engine!(
     public_history_is_shared_by_the_nodes,
+    public_history_outlives_the_node_it_was_published_on,
     metrics_show_the_engine_link_its_round_trip_and_the_lease,
     ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,
