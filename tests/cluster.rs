@@ -288,7 +288,11 @@ async fn public_history_outlives_the_node_it_was_published_on(kind: Kind) {
         assert_eq!(meta, &json!({"id": id, "replayed": true}), "the ids live clients saw");
     }
     let newest = replay_ns(&b, topic, json!({"since": since, "limit": 2}), 2).await;
-    assert_eq!(newest.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5], "limit keeps the newest");
+    assert_eq!(
+        newest.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [4, 5],
+        "limit keeps the newest"
+    );
     let later = replay_ns(&b, topic, json!({"since": mid, "limit": 25}), 2).await;
     assert_eq!(later.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5], "since");
     // Another public topic's history is its own.

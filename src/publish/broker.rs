@@ -48,7 +48,7 @@ pub enum Message<'a> {
         /// The sender's own channel when it joined with `self: false`.
         exclude: Option<ChannelId>,
         /// The stored row's id, for a message kept in `realtime.messages`: channels that
-        /// already got it by replay at join are skipped.
+        /// already got it by replay at join are skipped (as for `kept`).
         stored_id: Option<&'a str>,
         /// Kept in the public history (`REPLAY_PUBLIC`) as (id, unix µs): other nodes of a
         /// cluster keep it too.
@@ -144,15 +144,15 @@ impl Broker for Local {
                 msg,
                 exclude,
                 stored_id,
-                kept: _,
+                kept,
             } => {
+                // A channel that got the message by replay at join skips it: a stored row,
+                // or a kept one read from a cluster's shared history.
+                let id = stored_id.or(kept.map(|(id, _)| id));
                 let n = self.registry.publish(
                     key,
                     exclude,
-                    |s| {
-                        s.broadcast_read
-                            && !stored_id.is_some_and(|id| s.replayed.as_ref().is_some_and(|r| r.contains(id)))
-                    },
+                    |s| s.broadcast_read && !id.is_some_and(|id| s.replayed.as_ref().is_some_and(|r| r.contains(id))),
                     |vsn| msg.encode(vsn, &key.topic),
                 );
                 metrics::out(Out::Broadcast, n);

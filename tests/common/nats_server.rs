@@ -1,6 +1,7 @@
 //! A throwaway `nats-server` on a free loopback port, for the cluster tests, with its
-//! monitoring endpoint (to count subscriptions); stopped (kill -9) when dropped.
-//! `.ci/run` installs Debian's nats-server.
+//! monitoring endpoint (to count subscriptions) and JetStream in a temporary store (kept
+//! across a restart, as a real server's); stopped (kill -9) and its store removed when
+//! dropped. `.ci/run` installs Debian's nats-server.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::process::Stdio;
@@ -14,6 +15,16 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     monitor: u16,
+    store: std::path::PathBuf,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
 }
 
 fn free_port() -> u16 {
@@ -26,10 +37,12 @@ fn free_port() -> u16 {
 impl Nats {
     /// Starts a server on a free port.
     pub async fn start() -> Nats {
+        let port = free_port();
         let mut nats = Nats {
             child: None,
-            port: free_port(),
+            port,
             monitor: free_port(),
+            store: std::env::temp_dir().join(format!("realtime-test-nats-{}-{port}", std::process::id())),
         };
         nats.start_again().await;
         nats
@@ -53,7 +66,7 @@ impl Nats {
         }
     }
 
-    /// Starts the server again on the same port (nothing is kept).
+    /// Starts the server again on the same port (JetStream's store is kept).
     pub async fn start_again(&mut self) {
         // Debian installs it in /usr/sbin, which is not on every PATH.
         let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| {
@@ -66,6 +79,9 @@ impl Nats {
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string()])
+            .arg("-js")
+            .arg("-sd")
+            .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
