@@ -188,7 +188,18 @@ async fn replayed(c: &mut Client, count: usize) -> Vec<(i64, Value)> {
 }
 
 async fn public_history_is_shared_by_the_nodes(kind: Kind) {
-    let engine = EngineServer::start(kind).await;
+    history_shared_over(EngineServer::start(kind).await).await;
+}
+
+/// On a NATS server without JetStream the public history is gathered from the nodes'
+/// memory (while the node a message was published on lives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_jetstream_the_public_history_is_gathered_from_the_nodes() {
+    let nats = common::nats_server::Nats::start_without_jetstream().await;
+    history_shared_over(EngineServer::Nats(nats)).await;
+}
+
+async fn history_shared_over(engine: EngineServer) {
     let replay_on = [("REPLAY_PUBLIC", "true")];
     let node = |name: &'static str| {
         let engine = &engine;
@@ -304,6 +315,29 @@ async fn public_history_outlives_the_node_it_was_published_on(kind: Kind) {
     )
     .await;
     other.expect_silence(Duration::from_millis(300)).await;
+}
+
+async fn replay_reads_this_nodes_memory_while_the_engine_is_down(kind: Kind) {
+    let mut engine = EngineServer::start(kind).await;
+    let a = Server::start_with(&[
+        ("CLUSTER_URL", &engine.url()),
+        ("NODE_ID", "a"),
+        ("REPLAY_PUBLIC", "true"),
+    ])
+    .await;
+    let topic = "realtime:down";
+    let since = now_ms();
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let send = |n: i64| json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+    sender.push(Some(&sender_ref), None, topic, "broadcast", send(1)).await;
+    assert_eq!(received_ns(&mut on_a, 1).await, [1]);
+    engine.kill().await;
+    // Published while the engine is away: delivered and kept on this node only.
+    sender.push(Some(&sender_ref), None, topic, "broadcast", send(2)).await;
+    assert_eq!(received_ns(&mut on_a, 1).await, [2]);
+    let got = replay_ns(&a, topic, json!({"since": since, "limit": 25}), 2).await;
+    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
 }
 
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
@@ -566,6 +600,7 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 per_engine!(
     public_history_is_shared_by_the_nodes,
     public_history_outlives_the_node_it_was_published_on,
+    replay_reads_this_nodes_memory_while_the_engine_is_down,
     metrics_show_the_engine_link_its_round_trip_and_the_lease,
     ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,

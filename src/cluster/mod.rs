@@ -896,3 +896,20 @@ impl Broker for Clustered {
         self.0.server_changed(key, presence_key, record);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_topics_of_one_name_have_distinct_histories_and_channels() {
+        let public = TopicKey::new("realtime:room", false);
+        let private = TopicKey::new("realtime:room", true);
+        assert_eq!(topic_name("ns", "history", &public), "ns:history:public:realtime:room");
+        assert_ne!(
+            topic_name("ns", "history", &public),
+            topic_name("ns", "history", &private)
+        );
+        assert_ne!(topic_name("ns", "history", &public), topic_name("ns", "topic", &public));
+    }
+}

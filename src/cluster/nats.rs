@@ -94,6 +94,8 @@ impl Engine for Nats {
     fn history(&self, history: String) -> HistoryRead<'_> {
         Box::pin(async move {
             match &self.history {
+                // Not waited out: the join falls back to this node's memory at once.
+                Some(_) if !self.connected() => Err("the NATS link is down".into()),
                 Some(kept) => kept.read(&history).await,
                 None => Err("no history is kept (REPLAY_PUBLIC is off)".into()),
             }

@@ -16,6 +16,7 @@ pub struct Nats {
     pub port: u16,
     monitor: u16,
     store: std::path::PathBuf,
+    jetstream: bool,
 }
 
 impl Drop for Nats {
@@ -37,12 +38,22 @@ fn free_port() -> u16 {
 impl Nats {
     /// Starts a server on a free port.
     pub async fn start() -> Nats {
+        Nats::start_with(true).await
+    }
+
+    /// Starts a server on a free port without JetStream, as a user's server may run.
+    pub async fn start_without_jetstream() -> Nats {
+        Nats::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> Nats {
         let port = free_port();
         let mut nats = Nats {
             child: None,
             port,
             monitor: free_port(),
             store: std::env::temp_dir().join(format!("realtime-test-nats-{}-{port}", std::process::id())),
+            jetstream,
         };
         nats.start_again().await;
         nats
@@ -76,12 +87,14 @@ impl Nats {
                 false => "nats-server".into(),
             }
         });
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()])
-            .arg("-js")
-            .arg("-sd")
-            .arg(&self.store)
+            .args(["-m", &self.monitor.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(&self.store);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
