@@ -215,6 +215,8 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>, e
         let mut pipe = redis::pipe();
         let mut counts = Vec::new();
         let mut barriers = Vec::new();
+        // Streams whose expiry this pipeline sets already: once per stream per round trip.
+        let mut expiring: AHashSet<String> = AHashSet::new();
         let mut n = 0;
         for item in batch.drain(..) {
             match item {
@@ -243,8 +245,9 @@ async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<Outgoing>, e
                         &[(HISTORY_FIELD, payload.as_ref())],
                     )
                     .ignore();
-                    if let Some(secs) = expiry {
+                    if let Some(secs) = expiry.filter(|_| !expiring.contains(&history)) {
                         pipe.expire(&history, secs).ignore();
+                        expiring.insert(history.clone());
                     }
                     pipe.publish(channel, payload.as_ref()).ignore();
                 }
