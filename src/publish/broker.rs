@@ -19,7 +19,7 @@ use crate::replication::Batch;
 /// A delivery in progress; it completes once every frame is queued.
 pub type Delivery<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// Stored messages being gathered from other nodes.
+/// Stored messages being read from a cluster's engine or gathered from other nodes.
 pub type HistoryFetch<'a> = Pin<Box<dyn Future<Output = Vec<Stored>> + Send + 'a>>;
 
 /// Where row changes published on this node are delivered (Postgres Changes: filters and
@@ -82,8 +82,9 @@ pub trait Broker: Send + Sync {
         Box::pin(std::future::ready(()))
     }
 
-    /// What the other nodes of a cluster keep of a public topic's history since
-    /// `since_ms` (none on a single node, where the history is all here).
+    /// What a cluster keeps of a public topic's history since `since_ms` outside this
+    /// node (its engine's, or the other nodes'); none on a single node, where the history
+    /// is all here.
     fn shared_history<'a>(&'a self, _key: &'a TopicKey, _since_ms: i64) -> HistoryFetch<'a> {
         Box::pin(std::future::ready(Vec::new()))
     }
