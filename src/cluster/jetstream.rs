@@ -33,7 +33,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const ACKS_IN_FLIGHT: usize = 8_192;
 /// A consumer left behind by a failed read goes after this.
 const CONSUMER_IDLE: Duration = Duration::from_secs(10);
+const MIN_SETUP_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_SETUP_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the stream's keeper looks at the link (it cannot await the client's events).
+const LINK_POLL: Duration = Duration::from_millis(50);
 
 /// The history stream of a namespace, as this node knows it.
 pub struct History {
@@ -74,8 +77,9 @@ impl History {
         !self.unavailable.load(Ordering::Relaxed)
     }
 
-    /// Creates (or updates) the stream once the client is connected; retried with backoff
-    /// until it works or the server turns out to have no JetStream.
+    /// Creates (or updates) the stream once the client is connected, and again after each
+    /// reconnection (a server restarted without its store lost it); retried with backoff
+    /// until it works, given up when the server turns out to have no JetStream.
     pub async fn set_up(self: Arc<Self>, client: Client, connected: Arc<AtomicBool>) {
         let context = async_nats::jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
@@ -94,16 +98,19 @@ impl History {
             allow_direct: true,
             ..Default::default()
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = MIN_SETUP_BACKOFF;
         loop {
-            while !connected.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            link(&connected, true).await;
             match context.create_or_update_stream(config.clone()).await {
                 Ok(_) => {
-                    info!(stream = %name, "cluster engine: public history kept in JetStream");
-                    let _ = self.ready.set(context);
-                    return;
+                    match self.ready.set(context.clone()) {
+                        Ok(()) => info!(stream = %name, "cluster engine: public history kept in JetStream"),
+                        Err(_) => {
+                            debug!(stream = %name, "cluster engine: JetStream history stream checked after a reconnection")
+                        }
+                    }
+                    backoff = MIN_SETUP_BACKOFF;
+                    link(&connected, false).await;
                 }
                 Err(e) if e.kind() == CreateStreamErrorKind::JetStreamUnavailable => {
                     self.unavailable.store(true, Ordering::Relaxed);
@@ -122,7 +129,7 @@ impl History {
     /// Appends `payload` to the history `history`; the acknowledgement to await, or
     /// `None` when it is not kept (no stream yet, full window: logged).
     pub async fn append(&self, history: &str, payload: Bytes) -> Option<Ack> {
-        let context = self.ready.get()?;
+        let context = self.ready.get().filter(|_| self.kept())?;
         match context.publish(self.subject(history), payload).await {
             Ok(ack) => Some(ack),
             Err(e) => {
@@ -177,6 +184,13 @@ impl History {
         tokio::time::timeout(REQUEST_TIMEOUT * 2, read)
             .await
             .map_err(|_| "JetStream did not answer in time".to_owned())?
+    }
+}
+
+/// Waits until the link is up (`true`) or down.
+async fn link(connected: &AtomicBool, up: bool) {
+    while connected.load(Ordering::Relaxed) != up {
+        tokio::time::sleep(LINK_POLL).await;
     }
 }
 
