@@ -340,6 +340,73 @@ async fn replay_reads_this_nodes_memory_while_the_engine_is_down(kind: Kind) {
     assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
 }
 
+/// On Redis a topic's public history is one stream, capped near 25 entries and expiring
+/// with `MESSAGES_RETENTION_HOURS`; a replay gets the newest `limit` of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_history_is_a_capped_expiring_stream_per_topic() {
+    let redis = common::redis_server::Redis::start().await;
+    let node = |name: &'static str| {
+        let url = redis.url();
+        async move {
+            Server::start_with(&[
+                ("CLUSTER_URL", &url),
+                ("NODE_ID", name),
+                ("REPLAY_PUBLIC", "true"),
+                ("MESSAGES_RETENTION_HOURS", "2"),
+            ])
+            .await
+        }
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    let since = now_ms();
+    let (mut on_a, _) = member(&a, "2.0.0", "realtime:capped", json!({})).await;
+    let messages: Vec<Value> = (1..=40)
+        .map(|n| json!({"topic": "capped", "event": "e", "payload": {"n": n}}))
+        .collect();
+    let key = token("service_role", 60);
+    let (status, _, _) = a
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("apikey", &key), ("Content-Type", "application/json")],
+            json!({ "messages": messages }).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(received_ns(&mut on_a, 40).await, (1..=40).collect::<Vec<_>>());
+    let mut c = redis.client().await;
+    let stream = "realtime:history:public:realtime:capped";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let kind: String = ::redis::cmd("TYPE").arg(stream).query_async(&mut c).await.unwrap();
+        let len: i64 = ::redis::cmd("XLEN").arg(stream).query_async(&mut c).await.unwrap();
+        // Approximate trimming keeps whole stream nodes: at least 25, well under 40 + 100.
+        if kind == "stream" && len >= 25 {
+            assert!(len <= 140, "capped: {len} entries");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no history stream ({kind}, {len} entries)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ttl: i64 = ::redis::cmd("TTL").arg(stream).query_async(&mut c).await.unwrap();
+    assert!((7000..=7200).contains(&ttl), "expires with the retention: TTL {ttl}");
+    let private: i64 = ::redis::cmd("EXISTS")
+        .arg("realtime:history:private:realtime:capped")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(private, 0, "only public topics are kept");
+    let got = replay_ns(&b, "realtime:capped", json!({"since": since, "limit": 25}), 25).await;
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (16..=40).collect::<Vec<_>>(),
+        "the newest 25, oldest first"
+    );
+}
+
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);
