@@ -41,6 +41,8 @@ const LINK_POLL: Duration = Duration::from_millis(50);
 /// The history stream of a namespace, as this node knows it.
 pub struct History {
     settings: HistorySettings,
+    /// The stream's name, also its subjects' prefix ([`stream_name`]).
+    stream: String,
     /// Set once the stream exists.
     ready: OnceLock<Context>,
     /// The server has no JetStream: nothing is kept.
@@ -50,26 +52,17 @@ pub struct History {
 impl History {
     pub fn new(settings: HistorySettings) -> History {
         History {
+            stream: stream_name(&settings.namespace),
             settings,
             ready: OnceLock::new(),
             unavailable: AtomicBool::new(false),
         }
     }
 
-    /// The stream's name: the namespace hex-encoded, since stream names refuse what a
-    /// namespace may hold (`.`, `*`, `>`, whitespace).
-    fn stream(&self) -> String {
-        let mut name = String::from("realtime-history-");
-        for b in self.settings.namespace.bytes() {
-            let _ = write!(name, "{b:02x}");
-        }
-        name
-    }
-
     /// The subject of the history named `history`: one token (escaped like a channel)
     /// under the stream's prefix.
     fn subject(&self, history: &str) -> String {
-        format!("{}.{}", self.stream(), subject(history))
+        format!("{}.{}", self.stream, subject(history))
     }
 
     /// Whether the history is kept, or will be once the stream is set up.
@@ -87,7 +80,7 @@ impl History {
             // A full window drops the append rather than stalling every publish behind it.
             .backpressure_on_inflight(false)
             .build(client);
-        let name = self.stream();
+        let name = self.stream.clone();
         let config = Config {
             name: name.clone(),
             subjects: vec![format!("{name}.*")],
@@ -147,7 +140,7 @@ impl History {
         };
         let read = async {
             let stream = context
-                .get_stream_no_info(self.stream())
+                .get_stream_no_info(&self.stream)
                 .await
                 .map_err(|e| e.to_string())?;
             let consumer = stream
@@ -187,6 +180,16 @@ impl History {
     }
 }
 
+/// The history stream of `namespace`: hex-encoded, since stream names refuse what a
+/// namespace may hold (`.`, `*`, `>`, whitespace).
+fn stream_name(namespace: &str) -> String {
+    let mut name = String::from("realtime-history-");
+    for b in namespace.bytes() {
+        let _ = write!(name, "{b:02x}");
+    }
+    name
+}
+
 /// Waits until the link is up (`true`) or down.
 async fn link(connected: &AtomicBool, up: bool) {
     while connected.load(Ordering::Relaxed) != up {
@@ -224,12 +227,12 @@ mod tests {
             })
         };
         let h = history("realtime");
-        assert_eq!(h.stream(), "realtime-history-7265616c74696d65");
+        assert_eq!(h.stream, "realtime-history-7265616c74696d65");
         assert_eq!(
             h.subject("realtime:history:public:realtime:a.b"),
             "realtime-history-7265616c74696d65.realtime:history:public:realtime:a%2Eb"
         );
-        assert_ne!(history("a.b").stream(), history("a_b").stream());
+        assert_ne!(stream_name("a.b"), stream_name("a_b"));
         assert_ne!(
             h.subject("realtime:history:public:realtime:room"),
             h.subject("realtime:history:private:realtime:room")
