@@ -407,6 +407,43 @@ async fn the_redis_history_is_a_capped_expiring_stream_per_topic() {
     );
 }
 
+/// A NATS server restarted without its store lost the history stream: the nodes make it
+/// again once they are back, and what is published from then on is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jetstream_history_is_made_again_after_the_server_lost_its_store() {
+    let mut engine = EngineServer::Nats(common::nats_server::Nats::start().await);
+    let node = |name: &'static str| {
+        let url = engine.url();
+        async move { Server::start_with(&[("CLUSTER_URL", &url), ("NODE_ID", name), ("REPLAY_PUBLIC", "true")]).await }
+    };
+    let (mut a, b) = (node("a").await, node("b").await);
+    let topic = "realtime:wiped";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
+    engine.kill().await;
+    if let EngineServer::Nats(nats) = &engine {
+        nats.wipe_store();
+    }
+    engine.start_again().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while health(&a).await != Some(true) || health(&b).await != Some(true) {
+        assert!(tokio::time::Instant::now() < deadline, "the nodes did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream is made again within a poll of the link (50 ms) and one request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let since = now_ms();
+    let ref_ = sender.make_ref();
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
+    sender
+        .push(Some(&sender_ref), Some(&ref_), topic, "broadcast", payload)
+        .await;
+    assert_eq!(sender.recv_event("phx_reply").await.payload()["status"], "ok");
+    a.kill();
+    drop(sender);
+    let got = replay_ns(&b, topic, json!({"since": since, "limit": 25}), 1).await;
+    assert_eq!(got[0].0, 1, "kept in the stream made again");
+}
+
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
     let engine = EngineServer::start(kind).await;
     let (a, b) = (node(&engine, "a").await, node(&engine, "b").await);

@@ -77,6 +77,12 @@ impl Nats {
         }
     }
 
+    /// Removes JetStream's store (while the server is down: a restart then starts empty,
+    /// as a server without persistent storage would).
+    pub fn wipe_store(&self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+
     /// Starts the server again on the same port (JetStream's store is kept).
     pub async fn start_again(&mut self) {
         // Debian installs it in /usr/sbin, which is not on every PATH.
