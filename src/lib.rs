@@ -214,6 +214,9 @@ fn cluster_settings(config: &Config) -> Option<cluster::Settings> {
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
         namespace: config.cluster_namespace.clone(),
         unsubscribe_delay: std::time::Duration::from_millis(config.cluster_unsubscribe_delay_ms),
+        history_retention: config
+            .replay_public
+            .then(|| std::time::Duration::from_secs(config.messages_retention_hours.saturating_mul(3600))),
     })
 }
 
@@ -270,6 +273,10 @@ fn public_history(
     let every = std::time::Duration::from_secs(config.messages_retention_interval_secs.max(1));
     let history = match pg {
         Some(pg) => publish::history::History::with_database(pg.shared_pool(), config.messages_retention_hours, every),
+        None if config.cluster_url.is_some() => {
+            info!("REPLAY_PUBLIC without DATABASE_URL: public broadcast history is kept in the cluster engine");
+            publish::history::History::in_memory()
+        }
         None => {
             warn!("REPLAY_PUBLIC without DATABASE_URL: public broadcast history is kept in memory only");
             publish::history::History::in_memory()

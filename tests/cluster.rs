@@ -188,7 +188,18 @@ async fn replayed(c: &mut Client, count: usize) -> Vec<(i64, Value)> {
 }
 
 async fn public_history_is_shared_by_the_nodes(kind: Kind) {
-    let engine = EngineServer::start(kind).await;
+    history_shared_over(EngineServer::start(kind).await).await;
+}
+
+/// On a NATS server without JetStream the public history is gathered from the nodes'
+/// memory (while the node a message was published on lives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_jetstream_the_public_history_is_gathered_from_the_nodes() {
+    let nats = common::nats_server::Nats::start_without_jetstream().await;
+    history_shared_over(EngineServer::Nats(nats)).await;
+}
+
+async fn history_shared_over(engine: EngineServer) {
     let replay_on = [("REPLAY_PUBLIC", "true")];
     let node = |name: &'static str| {
         let engine = &engine;
@@ -231,6 +242,206 @@ async fn public_history_is_shared_by_the_nodes(kind: Kind) {
     let again: Vec<i64> = replayed(&mut on_c_again, 3).await.iter().map(|(n, _)| *n).collect();
     assert_eq!(again, [1, 2, 3]);
     on_c_again.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The `n`s of the replay a join on `server` gets with `replay` (then nothing more).
+async fn replay_ns(server: &Server, topic: &str, replay: Value, count: usize) -> Vec<(i64, Value)> {
+    let (mut c, _) = member(server, "2.0.0", topic, json!({"broadcast": {"replay": replay}})).await;
+    let got = replayed(&mut c, count).await;
+    c.expect_silence(Duration::from_millis(300)).await;
+    got
+}
+
+async fn public_history_outlives_the_node_it_was_published_on(kind: Kind) {
+    let engine = EngineServer::start(kind).await;
+    let node = |name: &'static str| {
+        let engine = &engine;
+        async move {
+            Server::start_with(&[
+                ("CLUSTER_URL", &engine.url()),
+                ("NODE_ID", name),
+                ("CLUSTER_UNSUBSCRIBE_DELAY_MS", "300"),
+                ("REPLAY_PUBLIC", "true"),
+            ])
+            .await
+        }
+    };
+    // No database: the history lives in the engine only.
+    let (mut a, b) = (node("a").await, node("b").await);
+    let topic = "realtime:outlives";
+    let since = now_ms();
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let mut mid = 0;
+    for n in 1..=5 {
+        if n == 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            mid = now_ms();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+        let ref_ = sender.make_ref();
+        sender
+            .push(Some(&sender_ref), Some(&ref_), topic, "broadcast", payload)
+            .await;
+        // Acknowledged once the engine has it.
+        assert_eq!(sender.recv_event("phx_reply").await.payload()["status"], "ok");
+    }
+    let live = replayed(&mut on_a, 5).await;
+    let ids: Vec<Value> = live.iter().map(|(_, meta)| meta["id"].clone()).collect();
+    // The origin dies (b never followed the topic, so only the engine has the history).
+    a.kill();
+    drop((sender, on_a));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = replay_ns(&b, topic, json!({"since": since, "limit": 25}), 5).await;
+    assert_eq!(all.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    for ((_, meta), id) in all.iter().zip(&ids) {
+        assert_eq!(meta, &json!({"id": id, "replayed": true}), "the ids live clients saw");
+    }
+    let newest = replay_ns(&b, topic, json!({"since": since, "limit": 2}), 2).await;
+    assert_eq!(
+        newest.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [4, 5],
+        "limit keeps the newest"
+    );
+    let later = replay_ns(&b, topic, json!({"since": mid, "limit": 25}), 2).await;
+    assert_eq!(later.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5], "since");
+    // Another public topic's history is its own.
+    let (mut other, _) = member(
+        &b,
+        "2.0.0",
+        "realtime:outlives-not",
+        json!({"broadcast": {"replay": {"since": since, "limit": 25}}}),
+    )
+    .await;
+    other.expect_silence(Duration::from_millis(300)).await;
+}
+
+async fn replay_reads_this_nodes_memory_while_the_engine_is_down(kind: Kind) {
+    let mut engine = EngineServer::start(kind).await;
+    let a = Server::start_with(&[
+        ("CLUSTER_URL", &engine.url()),
+        ("NODE_ID", "a"),
+        ("REPLAY_PUBLIC", "true"),
+    ])
+    .await;
+    let topic = "realtime:down";
+    let since = now_ms();
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({})).await;
+    let (mut on_a, _) = member(&a, "2.0.0", topic, json!({})).await;
+    let send = |n: i64| json!({"type": "broadcast", "event": "e", "payload": {"n": n}});
+    sender.push(Some(&sender_ref), None, topic, "broadcast", send(1)).await;
+    assert_eq!(received_ns(&mut on_a, 1).await, [1]);
+    engine.kill().await;
+    // Published while the engine is away: delivered and kept on this node only.
+    sender.push(Some(&sender_ref), None, topic, "broadcast", send(2)).await;
+    assert_eq!(received_ns(&mut on_a, 1).await, [2]);
+    let got = replay_ns(&a, topic, json!({"since": since, "limit": 25}), 2).await;
+    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
+}
+
+/// On Redis a topic's public history is one stream, capped near 25 entries and expiring
+/// with `MESSAGES_RETENTION_HOURS`; a replay gets the newest `limit` of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_history_is_a_capped_expiring_stream_per_topic() {
+    let redis = common::redis_server::Redis::start().await;
+    let node = |name: &'static str| {
+        let url = redis.url();
+        async move {
+            Server::start_with(&[
+                ("CLUSTER_URL", &url),
+                ("NODE_ID", name),
+                ("REPLAY_PUBLIC", "true"),
+                ("MESSAGES_RETENTION_HOURS", "2"),
+            ])
+            .await
+        }
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    let since = now_ms();
+    let (mut on_a, _) = member(&a, "2.0.0", "realtime:capped", json!({})).await;
+    let messages: Vec<Value> = (1..=40)
+        .map(|n| json!({"topic": "capped", "event": "e", "payload": {"n": n}}))
+        .collect();
+    let key = token("service_role", 60);
+    let (status, _, _) = a
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("apikey", &key), ("Content-Type", "application/json")],
+            json!({ "messages": messages }).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(received_ns(&mut on_a, 40).await, (1..=40).collect::<Vec<_>>());
+    let mut c = redis.client().await;
+    let stream = "realtime:history:public:realtime:capped";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let kind: String = ::redis::cmd("TYPE").arg(stream).query_async(&mut c).await.unwrap();
+        let len: i64 = ::redis::cmd("XLEN").arg(stream).query_async(&mut c).await.unwrap();
+        // Approximate trimming keeps whole stream nodes: at least 25, well under 40 + 100.
+        if kind == "stream" && len >= 25 {
+            assert!(len <= 140, "capped: {len} entries");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no history stream ({kind}, {len} entries)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ttl: i64 = ::redis::cmd("TTL").arg(stream).query_async(&mut c).await.unwrap();
+    assert!((7000..=7200).contains(&ttl), "expires with the retention: TTL {ttl}");
+    let private: i64 = ::redis::cmd("EXISTS")
+        .arg("realtime:history:private:realtime:capped")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(private, 0, "only public topics are kept");
+    let got = replay_ns(&b, "realtime:capped", json!({"since": since, "limit": 25}), 25).await;
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (16..=40).collect::<Vec<_>>(),
+        "the newest 25, oldest first"
+    );
+}
+
+/// A NATS server restarted without its store lost the history stream: the nodes make it
+/// again once they are back, and what is published from then on is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jetstream_history_is_made_again_after_the_server_lost_its_store() {
+    let mut engine = EngineServer::Nats(common::nats_server::Nats::start().await);
+    let node = |name: &'static str| {
+        let url = engine.url();
+        async move { Server::start_with(&[("CLUSTER_URL", &url), ("NODE_ID", name), ("REPLAY_PUBLIC", "true")]).await }
+    };
+    let (mut a, b) = (node("a").await, node("b").await);
+    let topic = "realtime:wiped";
+    let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
+    engine.kill().await;
+    if let EngineServer::Nats(nats) = &engine {
+        nats.wipe_store();
+    }
+    engine.start_again().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while health(&a).await != Some(true) || health(&b).await != Some(true) {
+        assert!(tokio::time::Instant::now() < deadline, "the nodes did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream is made again within a poll of the link (50 ms) and one request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let since = now_ms();
+    let ref_ = sender.make_ref();
+    let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
+    sender
+        .push(Some(&sender_ref), Some(&ref_), topic, "broadcast", payload)
+        .await;
+    assert_eq!(sender.recv_event("phx_reply").await.payload()["status"], "ok");
+    a.kill();
+    drop(sender);
+    let got = replay_ns(&b, topic, json!({"since": since, "limit": 25}), 1).await;
+    assert_eq!(got[0].0, 1, "kept in the stream made again");
 }
 
 async fn binary_payloads_cross_byte_exact_and_each_vsn_gets_its_encoding(kind: Kind) {
@@ -492,6 +703,8 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
 
 per_engine!(
     public_history_is_shared_by_the_nodes,
+    public_history_outlives_the_node_it_was_published_on,
+    replay_reads_this_nodes_memory_while_the_engine_is_down,
     metrics_show_the_engine_link_its_round_trip_and_the_lease,
     ack_is_replied_once_the_engine_has_the_message,
     broadcast_reaches_every_node_once_in_send_order,

@@ -128,7 +128,8 @@ pub async fn start_redis() -> Res<(tokio::process::Child, u16)> {
     Ok((start_engine(cmd, &bin, port).await?, port))
 }
 
-/// Starts `nats-server` on a free loopback port: (child, port).
+/// Starts `nats-server` on a free loopback port, with JetStream in a temporary store
+/// (under the system's temporary directory, named after the port): (child, port).
 pub async fn start_nats() -> Res<(tokio::process::Child, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let bin =
@@ -137,7 +138,13 @@ pub async fn start_nats() -> Res<(tokio::process::Child, u16)> {
             false => "nats-server".into(),
         });
     let mut cmd = Command::new(&bin);
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let store = std::env::temp_dir().join(format!("realtime-bench-nats-{port}"));
+    // A store left by an earlier run on this port would replay its history.
+    let _ = std::fs::remove_dir_all(&store);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-js")
+        .arg("-sd")
+        .arg(&store);
     Ok((start_engine(cmd, &bin, port).await?, port))
 }
 

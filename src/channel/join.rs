@@ -186,8 +186,8 @@ pub(super) async fn join(s: &mut Session, topic: &str, join_ref: Option<&str>, r
     };
 
     s.app.publish.ready(&key).await;
-    // In a cluster the history is spread over the nodes: now that this node follows the
-    // topic (what is published from here on reaches it), gather what the others keep.
+    // In a cluster the history is kept outside this node (the engine): now that this node
+    // follows the topic (what is published from here on reaches it), read it there.
     let stored = match stored {
         Some(db) if public_replay => {
             let others = s.app.publish.shared_history(&key, replay_since).await;

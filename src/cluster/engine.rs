@@ -1,9 +1,31 @@
 //! What a cluster broker needs from the engine that links the nodes (Redis or NATS): publish
-//! bytes on a channel without waiting, subscriptions the engine confirms, and the
-//! messages of the subscribed channels (handed over at construction).
+//! bytes on a channel without waiting, subscriptions the engine confirms, the messages of
+//! the subscribed channels (handed over at construction), and the shared public history
+//! (`REPLAY_PUBLIC`): appended with the publish, read by replaying joins.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+
+/// Entries of the shared history kept per topic: as many as the memory history keeps
+/// (Supabase replays at most 25).
+pub const HISTORY_DEPTH: usize = crate::publish::history::RING;
+
+/// The shared public history an engine keeps, when `REPLAY_PUBLIC` is on.
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// Prefix of the engine's history names (`CLUSTER_NAMESPACE`).
+    pub namespace: String,
+    /// How long an idle topic's history lives (`MESSAGES_RETENTION_HOURS`; zero: forever).
+    pub retention: Duration,
+}
+
+/// A read of the shared history: its newest entries (at most [`HISTORY_DEPTH`]), oldest
+/// first, or why it could not be read.
+pub type HistoryRead<'a> = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, String>> + Send + 'a>>;
 
 /// What the engine hands to the broker.
 #[derive(Debug)]
@@ -20,6 +42,9 @@ pub enum Incoming {
 pub enum Outgoing {
     /// A message for a channel; with a sender, the number of receivers is wanted.
     Publish(String, Bytes, Option<oneshot::Sender<Option<usize>>>),
+    /// A message for a channel (the second name), appended first to the shared history
+    /// named first, in the same round trip.
+    Kept(String, String, Bytes),
     /// Answered once everything queued before it is with the engine; dropped if it could
     /// not be delivered there.
     Barrier(oneshot::Sender<()>),
@@ -32,6 +57,18 @@ pub trait Engine: Send + Sync {
     /// Queues `payload` for `channel` (taken by value: callers build it per message, so it
     /// is not copied again); false when it had to be dropped (queue full).
     fn publish(&self, channel: String, payload: Bytes) -> bool;
+
+    /// Like [`Engine::publish`], appending `payload` to the shared history `history` first
+    /// (in the same round trip), when the engine keeps one: a join that reads the history
+    /// after subscribing then has each message in the history or live, never neither.
+    fn publish_kept(&self, history: String, channel: String, payload: Bytes) -> bool;
+
+    /// Reads the shared history `history` (see [`HistoryRead`]).
+    fn history(&self, history: String) -> HistoryRead<'_>;
+
+    /// The engine keeps the shared history ([`Engine::publish_kept`] appends to it);
+    /// false without `REPLAY_PUBLIC`, or on a NATS server without JetStream.
+    fn keeps_history(&self) -> bool;
 
     /// Publishes `payload` on `channel` (in order with [`Engine::publish`]) and tells how
     /// many subscribers received it, or `None` once sent when the engine cannot count them

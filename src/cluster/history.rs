@@ -1,11 +1,11 @@
-//! The public history (`REPLAY_PUBLIC`) shared by the nodes of a cluster. Each node keeps
-//! in memory what was published on it and what it received on topics it follows (same id
-//! and time as the origin's); a join replaying on a node asks every node for its history
-//! of the topic and merges the answers by id with its own. A client that dropped from
-//! node A and replays on node B gets what it missed, whether or not B followed the topic.
-//!
-//! Nothing is written to the engine per message: the history is read only when a join
-//! replays. With a database, the origin also writes it to Postgres, so it survives nodes.
+//! The public history (`REPLAY_PUBLIC`) gathered from the nodes' memory, for an engine that
+//! cannot keep it (a NATS server without JetStream; Redis and JetStream keep it, see the
+//! module docs of [`super`]). Each node keeps in memory what was published on it and what
+//! it received on topics it follows (same id and time as the origin's); a join replaying
+//! on a node asks every node for its history of the topic and merges the answers by id
+//! with its own. A client that dropped from node A and replays on node B gets what it
+//! missed while A lives, whether or not B followed the topic; with a database, the origin
+//! also writes it to Postgres, so it survives nodes.
 
 use ahash::{AHashMap, AHashSet};
 use bytes::{BufMut, Bytes, BytesMut};

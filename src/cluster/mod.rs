@@ -26,12 +26,21 @@
 //!   the new leader resumes from the slots' confirmed positions; each node delivers a
 //!   change once ([`rows::Dedupe`]).
 //!
-//! Not replicated yet: the public replay history (`REPLAY_PUBLIC` is per node). README
-//! "Run a cluster" says so.
+//! * **Public replay history** (`REPLAY_PUBLIC`): kept in the engine, per topic (a Redis
+//!   stream; a JetStream subject on NATS), appended in the same round trip as the
+//!   message's publish; a replaying join on any node reads it there, so it outlives the
+//!   node a message was published on. Each node also keeps in memory what it published
+//!   and received: a join reads the engine's history once it follows the topic, then takes
+//!   this node's memory under the topic's publish lock and merges both by id, so each
+//!   message is replayed or delivered live, and a message also in what the join read is
+//!   not delivered again (its id is among the replayed ones). With the engine down, a join
+//!   replays this node's memory only. On a NATS server without JetStream, a join asks
+//!   every node for its memory history instead ([`history`]).
 
 pub mod engine;
 pub mod envelope;
 pub mod history;
+pub mod jetstream;
 pub mod leader;
 pub mod liveness;
 pub mod nats;
@@ -51,7 +60,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use self::engine::{Engine, Incoming};
+use self::engine::{Engine, HistorySettings, Incoming};
 use self::envelope::{Body, Envelope};
 use self::liveness::Nodes;
 use self::rows::{Dedupe, Offsets, Relayed};
@@ -81,6 +90,9 @@ pub struct Settings {
     pub namespace: String,
     /// How long a topic's subscription outlives its last local member.
     pub unsubscribe_delay: Duration,
+    /// With `REPLAY_PUBLIC`: how long the engine keeps an idle topic's public history
+    /// (`MESSAGES_RETENTION_HOURS`; zero: until newer messages push it out).
+    pub history_retention: Option<Duration>,
 }
 
 /// A topic's engine subscription, as this node wants it.
@@ -165,13 +177,17 @@ pub fn start(
     local: Local,
     origin: u64,
 ) -> Result<Arc<ClusterBroker>, String> {
+    let history = settings.history_retention.map(|retention| HistorySettings {
+        namespace: settings.namespace.clone(),
+        retention,
+    });
     let (engine, incoming): (Arc<dyn Engine>, mpsc::Receiver<Incoming>) = match settings.url.split_once("://") {
         Some(("redis" | "rediss", _)) => {
-            let (redis, incoming) = redis::Redis::start(&settings.url)?;
+            let (redis, incoming) = redis::Redis::start(&settings.url, history.as_ref())?;
             (Arc::new(redis), incoming)
         }
         Some(("nats", _)) => {
-            let (nats, incoming) = nats::Nats::start(&settings.url)?;
+            let (nats, incoming) = nats::Nats::start(&settings.url, history.as_ref())?;
             (Arc::new(nats), incoming)
         }
         _ => {
@@ -396,8 +412,13 @@ impl ClusterBroker {
 
     /// The engine channel of a topic: public and private topics of one name are distinct.
     fn channel(&self, key: &TopicKey) -> String {
-        let privacy = if key.private { "private" } else { "public" };
-        format!("{}:topic:{privacy}:{}", self.namespace, key.topic)
+        topic_name(&self.namespace, "topic", key)
+    }
+
+    /// The engine's name for a topic's shared history (distinct from its channel: a
+    /// JetStream subject would otherwise keep presence traffic too).
+    fn history_name(&self, key: &TopicKey) -> String {
+        topic_name(&self.namespace, "history", key)
     }
 
     fn nodes_channel(&self) -> String {
@@ -420,9 +441,20 @@ impl ClusterBroker {
     }
 
     fn send(&self, key: &TopicKey, bytes: Option<Bytes>) {
+        self.send_to(key, bytes, false);
+    }
+
+    /// Sends to the topic's channel, appending to its shared history first when `kept`.
+    fn send_to(&self, key: &TopicKey, bytes: Option<Bytes>, kept: bool) {
         match bytes {
             Some(bytes) => {
-                if !self.engine.publish(self.channel(key), bytes) {
+                let queued = match kept {
+                    true => self
+                        .engine
+                        .publish_kept(self.history_name(key), self.channel(key), bytes),
+                    false => self.engine.publish(self.channel(key), bytes),
+                };
+                if !queued {
                     warn!(topic = %key.topic, "cluster engine queue full: not sent to other nodes");
                     crate::observability::metrics::cluster_dropped(1);
                 }
@@ -464,18 +496,19 @@ impl ClusterBroker {
                             msg: &msg,
                             exclude: None,
                             stored_id: stored_id.as_deref(),
-                            kept: None,
+                            // Channels that replayed it from the engine's history skip it.
+                            kept: kept.as_ref().map(|(id, at_us)| (id.as_str(), *at_us)),
                         },
                     )
                 };
                 let attached = self.attached();
                 let history = attached.as_ref().and_then(|(_, publish)| publish.history());
-                let n = match (kept, history) {
+                let n = match (&kept, history) {
                     // Kept here too, so a join replaying on this node has it.
                     (Some((id, at_us)), Some(history)) if !key.private => {
                         let stored = Stored {
-                            id: id.into(),
-                            at_us,
+                            id: id.as_str().into(),
+                            at_us: *at_us,
                             body: stored_body(&msg),
                         };
                         history.record_remote(&key, stored, deliver)
@@ -620,6 +653,27 @@ impl ClusterBroker {
         }
     }
 
+    /// The public history of `key` since `since_ms` kept outside this node: the engine's,
+    /// else (NATS without JetStream) the other nodes' memory. Empty, with a warning, when
+    /// the engine cannot be read: the join replays this node's memory only.
+    async fn shared_history(&self, key: &TopicKey, since_ms: i64) -> Vec<Stored> {
+        if !self.engine.keeps_history() {
+            return self.gather_history(key, since_ms).await;
+        }
+        let entries = match self.engine.history(self.history_name(key)).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(topic = %key.topic, %error, "cluster: cannot read the shared public history; replaying this node's only");
+                return Vec::new();
+            }
+        };
+        entries
+            .iter()
+            .filter_map(|bytes| history_entry(key, bytes))
+            .filter(|m| m.at_us >= since_ms.saturating_mul(1000))
+            .collect()
+    }
+
     /// Gathers every other node's public history of `key` since `since_ms` (waiting at
     /// most [`SYNC_WAIT`]). The request goes on the nodes' channel, so nodes that do not
     /// follow the topic answer too: the node a message was published on keeps it.
@@ -685,6 +739,41 @@ impl ClusterBroker {
     }
 }
 
+/// The name of a topic's `what` (channel, history) on the engine: public and private
+/// topics of one name are distinct.
+fn topic_name(namespace: &str, what: &str, key: &TopicKey) -> String {
+    let privacy = if key.private { "private" } else { "public" };
+    format!("{namespace}:{what}:{privacy}:{}", key.topic)
+}
+
+/// A message of the engine's shared history (the envelope it was published in).
+fn history_entry(key: &TopicKey, bytes: &Bytes) -> Option<Stored> {
+    match envelope::decode(bytes) {
+        Ok(Envelope {
+            key: entry_key,
+            body:
+                Body::Broadcast {
+                    kept: Some((id, at_us)),
+                    msg,
+                    ..
+                },
+            ..
+        }) if entry_key == *key => Some(Stored {
+            id: id.into(),
+            at_us,
+            body: stored_body(&msg),
+        }),
+        Ok(_) => {
+            warn!(topic = %key.topic, "cluster: shared history entry of another kind or topic; skipped");
+            None
+        }
+        Err(e) => {
+            warn!(topic = %key.topic, error = %e, len = bytes.len(), "cluster: shared history entry unreadable; skipped");
+            None
+        }
+    }
+}
+
 /// How a received broadcast is kept in the history: as it was delivered (a map carries
 /// its `meta.id`; a replay appends its own `meta`, which JSON parsers read last).
 fn stored_body(msg: &realtime_protocol::BroadcastMessage) -> StoredBody {
@@ -715,7 +804,8 @@ impl Broker for Clustered {
             msg, stored_id, kept, ..
         } = message
         {
-            broker.send(key, envelope::encode(broker.origin, key, stored_id, kept, msg));
+            let bytes = envelope::encode(broker.origin, key, stored_id, kept, msg);
+            broker.send_to(key, bytes, kept.is_some());
         }
         delivered
     }
@@ -755,7 +845,7 @@ impl Broker for Clustered {
     }
 
     fn shared_history<'a>(&'a self, key: &'a TopicKey, since_ms: i64) -> HistoryFetch<'a> {
-        Box::pin(self.0.gather_history(key, since_ms))
+        Box::pin(self.0.shared_history(key, since_ms))
     }
 
     fn replicates_presence(&self) -> bool {
@@ -804,5 +894,22 @@ impl Broker for Clustered {
 
     fn server_presence(&self, key: &TopicKey, presence_key: &str, record: Option<&crate::presence::server::Record>) {
         self.0.server_changed(key, presence_key, record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_topics_of_one_name_have_distinct_histories_and_channels() {
+        let public = TopicKey::new("realtime:room", false);
+        let private = TopicKey::new("realtime:room", true);
+        assert_eq!(topic_name("ns", "history", &public), "ns:history:public:realtime:room");
+        assert_ne!(
+            topic_name("ns", "history", &public),
+            topic_name("ns", "history", &private)
+        );
+        assert_ne!(topic_name("ns", "history", &public), topic_name("ns", "topic", &public));
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! NATS does not tell how many subscribers a message reached, so
 //! [`Engine::publish_counted`] answers `None` and the broker bounds its waits otherwise.
+//!
+//! The shared public history is kept in JetStream ([`super::jetstream`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, Incoming, Outgoing};
+use super::engine::{Engine, HistoryRead, HistorySettings, Incoming, Outgoing};
+use super::jetstream::{self, History};
 
 /// Messages waiting to be published; beyond this they are dropped (and counted).
 const PUBLISH_QUEUE: usize = 65_536;
 /// Received messages waiting for local delivery.
 const INCOMING_QUEUE: usize = 65_536;
+/// Appended messages whose acknowledgements are awaited together, off the publishing task.
+const ACK_BATCH: usize = 512;
 /// Messages the client buffers per subscription before it reports a slow consumer.
 const SUBSCRIPTION_BUFFER: usize = 65_536;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,24 +47,35 @@ pub struct Nats {
     publish: mpsc::Sender<Outgoing>,
     control: mpsc::UnboundedSender<Control>,
     connected: Arc<AtomicBool>,
+    history: Option<Arc<History>>,
 }
 
 impl Nats {
-    /// Starts the link to `url` (`nats://host:port`); the messages of subscribed channels
-    /// arrive on the returned receiver. A server that is down at start is retried in the
-    /// background, like a lost one.
-    pub fn start(url: &str) -> Result<(Nats, mpsc::Receiver<Incoming>), String> {
+    /// Starts the link to `url` (`nats://host:port`), keeping the shared public history
+    /// when `history` is given; the messages of subscribed channels arrive on the returned
+    /// receiver. A server that is down at start is retried in the background, like a lost
+    /// one.
+    pub fn start(url: &str, history: Option<&HistorySettings>) -> Result<(Nats, mpsc::Receiver<Incoming>), String> {
         let address: async_nats::ServerAddr = url.parse().map_err(|e| format!("CLUSTER_URL: {e}"))?;
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
         let (incoming, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
         let connected = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(address, publish_rx, control_rx, incoming, connected.clone()));
+        let history = history.map(|settings| Arc::new(History::new(settings.clone())));
+        tokio::spawn(run(
+            address,
+            publish_rx,
+            control_rx,
+            incoming,
+            connected.clone(),
+            history.clone(),
+        ));
         Ok((
             Nats {
                 publish,
                 control,
                 connected,
+                history,
             },
             incoming_rx,
         ))
@@ -69,6 +85,25 @@ impl Nats {
 impl Engine for Nats {
     fn publish(&self, channel: String, payload: Bytes) -> bool {
         self.publish.try_send(Outgoing::Publish(channel, payload, None)).is_ok()
+    }
+
+    fn publish_kept(&self, history: String, channel: String, payload: Bytes) -> bool {
+        self.publish.try_send(Outgoing::Kept(history, channel, payload)).is_ok()
+    }
+
+    fn history(&self, history: String) -> HistoryRead<'_> {
+        Box::pin(async move {
+            match &self.history {
+                // Not waited out: the join falls back to this node's memory at once.
+                Some(_) if !self.connected() => Err("the NATS link is down".into()),
+                Some(kept) => kept.read(&history).await,
+                None => Err("no history is kept (REPLAY_PUBLIC is off)".into()),
+            }
+        })
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.history.as_ref().is_some_and(|h| h.kept())
     }
 
     fn publish_counted(&self, channel: &str, payload: Bytes) -> oneshot::Receiver<Option<usize>> {
@@ -129,6 +164,7 @@ async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
     incoming: mpsc::Sender<Incoming>,
     connected: Arc<AtomicBool>,
+    history: Option<Arc<History>>,
 ) {
     let events = incoming.clone();
     let flag = connected.clone();
@@ -158,7 +194,10 @@ async fn run(
             return;
         }
     };
-    tokio::spawn(publisher(client.clone(), publish, connected.clone()));
+    if let Some(history) = &history {
+        tokio::spawn(history.clone().set_up(client.clone(), connected.clone()));
+    }
+    tokio::spawn(publisher(client.clone(), publish, connected.clone(), history));
     // NATS acknowledges nothing, but serves each connection's commands in order: once a
     // probe published after a SUB comes back, the server has the SUB.
     let probe_subject = client.new_inbox();
@@ -241,12 +280,20 @@ async fn on_event(event: Event, incoming: &mpsc::Sender<Incoming>, connected: &A
     }
 }
 
-/// Publishes queued messages in order. While the link is down, messages are dropped (after
-/// a wait as long as a connection attempt) rather than piling up in the client and
-/// arriving late. A barrier is answered when
-/// a probe published after everything before it comes back from the server (which serves
-/// a connection's messages in order).
-async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connected: Arc<AtomicBool>) {
+/// Publishes queued messages in order; a kept one is appended to the JetStream history
+/// first, its acknowledgement awaited later with others (by another task, or before the
+/// next barrier). While the link is down, messages are dropped (after a wait as long as a
+/// connection attempt) rather than piling up in the client and arriving late. A barrier is
+/// answered once the appends before it are acknowledged and a probe published after
+/// everything before it comes back from the server (which serves a connection's messages
+/// in order).
+async fn publisher(
+    client: Client,
+    mut queue: mpsc::Receiver<Outgoing>,
+    connected: Arc<AtomicBool>,
+    history: Option<Arc<History>>,
+) {
+    let mut acks = Acks::default();
     let mut probe_subject = client.new_inbox();
     let mut probes = match client.subscribe(probe_subject.clone()).await {
         Ok(sub) => sub,
@@ -258,7 +305,7 @@ async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connecte
     let mut batch = Vec::with_capacity(512);
     while queue.recv_many(&mut batch, 512).await > 0 {
         if !connected.load(Ordering::Relaxed) && !reconnected(&connected).await {
-            let messages = batch.iter().filter(|o| matches!(o, Outgoing::Publish(..))).count();
+            let messages = batch.iter().filter(|o| !matches!(o, Outgoing::Barrier(..))).count();
             crate::observability::metrics::cluster_dropped(messages);
             batch.clear();
             continue;
@@ -266,6 +313,18 @@ async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connecte
         let mut sent = 0;
         for item in batch.drain(..) {
             match item {
+                Outgoing::Kept(name, channel, payload) => {
+                    if let Some(history) = &history {
+                        acks.push(history.append(&name, payload.clone()).await);
+                    }
+                    match client.publish(subject(&channel), payload).await {
+                        Ok(()) => sent += 1,
+                        Err(e) => {
+                            debug!(error = %e, %channel, "cluster engine: NATS publish failed");
+                            crate::observability::metrics::cluster_dropped(1);
+                        }
+                    }
+                }
                 Outgoing::Publish(channel, payload, count) => match client.publish(subject(&channel), payload).await {
                     Ok(()) => {
                         sent += 1;
@@ -279,6 +338,9 @@ async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connecte
                     }
                 },
                 Outgoing::Barrier(done) => {
+                    if tokio::time::timeout(CONNECT_TIMEOUT, acks.all()).await.is_err() {
+                        warn!("cluster engine: JetStream did not acknowledge kept messages in time");
+                    }
                     if client.publish(probe_subject.clone(), Bytes::new()).await.is_err() {
                         continue;
                     }
@@ -301,6 +363,43 @@ async fn publisher(client: Client, mut queue: mpsc::Receiver<Outgoing>, connecte
             }
         }
         crate::observability::metrics::cluster_published(sent);
+        // Nothing else queued: the acknowledgements so far are awaited aside.
+        if queue.is_empty() {
+            acks.aside();
+        }
+    }
+}
+
+/// Acknowledgements of appended messages not awaited yet, and the tasks awaiting others.
+#[derive(Default)]
+struct Acks {
+    pending: Vec<jetstream::Ack>,
+    settling: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Acks {
+    fn push(&mut self, ack: Option<jetstream::Ack>) {
+        self.pending.extend(ack);
+        if self.pending.len() >= ACK_BATCH {
+            self.aside();
+        }
+    }
+
+    /// Awaits the pending ones on a task of their own.
+    fn aside(&mut self) {
+        if !self.pending.is_empty() {
+            self.settling.retain(|task| !task.is_finished());
+            self.settling
+                .push(tokio::spawn(jetstream::settle(std::mem::take(&mut self.pending))));
+        }
+    }
+
+    /// Completes once every append so far is acknowledged (or failed, logged).
+    async fn all(&mut self) {
+        jetstream::settle(std::mem::take(&mut self.pending)).await;
+        for task in self.settling.drain(..) {
+            let _ = task.await;
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::replication::Batch;
 /// A delivery in progress; it completes once every frame is queued.
 pub type Delivery<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// Stored messages being gathered from other nodes.
+/// Stored messages being read from a cluster's engine or gathered from other nodes.
 pub type HistoryFetch<'a> = Pin<Box<dyn Future<Output = Vec<Stored>> + Send + 'a>>;
 
 /// Where row changes published on this node are delivered (Postgres Changes: filters and
@@ -48,7 +48,7 @@ pub enum Message<'a> {
         /// The sender's own channel when it joined with `self: false`.
         exclude: Option<ChannelId>,
         /// The stored row's id, for a message kept in `realtime.messages`: channels that
-        /// already got it by replay at join are skipped.
+        /// already got it by replay at join are skipped (as for `kept`).
         stored_id: Option<&'a str>,
         /// Kept in the public history (`REPLAY_PUBLIC`) as (id, unix µs): other nodes of a
         /// cluster keep it too.
@@ -82,8 +82,9 @@ pub trait Broker: Send + Sync {
         Box::pin(std::future::ready(()))
     }
 
-    /// What the other nodes of a cluster keep of a public topic's history since
-    /// `since_ms` (none on a single node, where the history is all here).
+    /// What a cluster keeps of a public topic's history since `since_ms` outside this
+    /// node (its engine's, or the other nodes'); none on a single node, where the history
+    /// is all here.
     fn shared_history<'a>(&'a self, _key: &'a TopicKey, _since_ms: i64) -> HistoryFetch<'a> {
         Box::pin(std::future::ready(Vec::new()))
     }
@@ -144,15 +145,15 @@ impl Broker for Local {
                 msg,
                 exclude,
                 stored_id,
-                kept: _,
+                kept,
             } => {
+                // A channel that got the message by replay at join skips it: a stored row,
+                // or a kept one read from a cluster's shared history.
+                let id = stored_id.or(kept.map(|(id, _)| id));
                 let n = self.registry.publish(
                     key,
                     exclude,
-                    |s| {
-                        s.broadcast_read
-                            && !stored_id.is_some_and(|id| s.replayed.as_ref().is_some_and(|r| r.contains(id)))
-                    },
+                    |s| s.broadcast_read && !id.is_some_and(|id| s.replayed.as_ref().is_some_and(|r| r.contains(id))),
                     |vsn| msg.encode(vsn, &key.topic),
                 );
                 metrics::out(Out::Broadcast, n);

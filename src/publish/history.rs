@@ -9,6 +9,8 @@
 //! * With a database, also in `realtime.rs_public_broadcasts`, written in batches by a
 //!   background task (never on the publish path), so history survives restarts. A replay
 //!   merges both by id.
+//! * In a cluster, also in the engine, appended with each message's publish (see
+//!   `crate::cluster`), so it survives the node it was published on.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -127,7 +127,7 @@ impl Publisher {
         self.count_events(delivered)
     }
 
-    /// What the other nodes of a cluster keep of `key`'s public history since `since_ms`
+    /// What a cluster keeps of `key`'s public history since `since_ms` outside this node
     /// (empty on a single node). Read by a replaying join once it follows the topic.
     pub async fn shared_history(&self, key: &TopicKey, since_ms: i64) -> Vec<history::Stored> {
         self.broker.shared_history(key, since_ms).await

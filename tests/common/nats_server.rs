@@ -1,6 +1,7 @@
 //! A throwaway `nats-server` on a free loopback port, for the cluster tests, with its
-//! monitoring endpoint (to count subscriptions); stopped (kill -9) when dropped.
-//! `.ci/run` installs Debian's nats-server.
+//! monitoring endpoint (to count subscriptions) and JetStream in a temporary store (kept
+//! across a restart, as a real server's); stopped (kill -9) and its store removed when
+//! dropped. `.ci/run` installs Debian's nats-server.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::process::Stdio;
@@ -14,6 +15,17 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     monitor: u16,
+    store: std::path::PathBuf,
+    jetstream: bool,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
 }
 
 fn free_port() -> u16 {
@@ -26,10 +38,22 @@ fn free_port() -> u16 {
 impl Nats {
     /// Starts a server on a free port.
     pub async fn start() -> Nats {
+        Nats::start_with(true).await
+    }
+
+    /// Starts a server on a free port without JetStream, as a user's server may run.
+    pub async fn start_without_jetstream() -> Nats {
+        Nats::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> Nats {
+        let port = free_port();
         let mut nats = Nats {
             child: None,
-            port: free_port(),
+            port,
             monitor: free_port(),
+            store: std::env::temp_dir().join(format!("realtime-test-nats-{}-{port}", std::process::id())),
+            jetstream,
         };
         nats.start_again().await;
         nats
@@ -53,7 +77,13 @@ impl Nats {
         }
     }
 
-    /// Starts the server again on the same port (nothing is kept).
+    /// Removes JetStream's store (while the server is down: a restart then starts empty,
+    /// as a server without persistent storage would).
+    pub fn wipe_store(&self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+
+    /// Starts the server again on the same port (JetStream's store is kept).
     pub async fn start_again(&mut self) {
         // Debian installs it in /usr/sbin, which is not on every PATH.
         let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| {
@@ -63,9 +93,14 @@ impl Nats {
                 false => "nats-server".into(),
             }
         });
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()])
+            .args(["-m", &self.monitor.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(&self.store);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
