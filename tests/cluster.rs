@@ -125,6 +125,17 @@ async fn ack_is_replied_once_the_engine_has_the_message(kind: Kind) {
     let (mut sender, sender_ref) = member(&a, "2.0.0", topic, json!({"broadcast": {"ack": true}})).await;
     let (mut on_b, _) = member(&b, "2.0.0", topic, json!({})).await;
     let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
+    // An ack is replied at once while a node sees its engine link down (by design), and
+    // the NATS client reports the link up from a callback task that can lag a join on a
+    // loaded machine (CI failed here once): start from a link the node knows is up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health(&a).await != Some(true) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node a never saw its engine link up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A frozen engine keeps its connections but takes nothing: no ack meanwhile.
     engine.pause();
