@@ -27,6 +27,16 @@ async fn health(s: &Server) -> Option<bool> {
     v["cluster"]["engine_connected"].as_bool()
 }
 
+/// Waits (5 s at most, else fails with `failure`) until the node's `/api/health` shows
+/// its engine link `up` or down.
+async fn health_until(s: &Server, up: bool, failure: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health(s).await != Some(up) {
+        assert!(tokio::time::Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The value of `series` in the node's `/metrics`, once it satisfies `pred` (5 s at most).
 async fn metric_until(s: &Server, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -128,14 +138,7 @@ async fn ack_is_replied_once_the_engine_has_the_message(kind: Kind) {
     // An ack is replied at once while a node sees its engine link down (by design), and
     // the NATS client reports the link up from a callback task that can lag a join on a
     // loaded machine (CI failed here once): start from a link the node knows is up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while health(&a).await != Some(true) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node a never saw its engine link up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    health_until(&a, true, "node a never saw its engine link up").await;
 
     // A frozen engine keeps its connections but takes nothing: no ack meanwhile.
     engine.pause();
@@ -556,14 +559,7 @@ async fn broadcast_crosses_again_after_the_engine_restarts(kind: Kind) {
     let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": -1}});
     sender.push(Some(&sender_ref), None, topic, "broadcast", payload).await;
     assert_eq!(received_ns(&mut on_a, 1).await, [-1]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while health(&b).await != Some(false) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/api/health still shows the engine connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    health_until(&b, false, "/api/health still shows the engine connected").await;
 
     engine.start_again().await;
     let started = tokio::time::Instant::now();
