@@ -21,7 +21,7 @@ use super::filter::Cell;
 use super::payload::{self, Change};
 use super::registry::TableSubs;
 use super::rls::{self, Check, Viewer};
-use super::rls_shared::Group;
+use super::rls_shared::{Group, Row};
 use super::subscribe::Subscription;
 use super::PgChanges;
 
@@ -489,7 +489,14 @@ async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChec
         pairs: Vec::new(),
     };
     if batch {
-        let keys: Vec<&[String]> = t.rows.iter().map(|&p| prepared[p].pk.as_slice()).collect();
+        let rows: Vec<Row<'_>> = t
+            .rows
+            .iter()
+            .map(|&p| Row {
+                key: &prepared[p].pk,
+                image: prepared[p].filter_image(),
+            })
+            .collect();
         for (r, role) in t.subs.roles.iter().enumerate() {
             let of_role: Vec<usize> = waiting
                 .iter()
@@ -500,7 +507,7 @@ async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChec
                 continue;
             }
             let groups: Vec<Group<'_>> = of_role.iter().map(|&g| t.viewer(batch, g)).collect();
-            let Some(shared) = pg.shared_rls.check(&pg.pool, &t.table, role, &groups, &keys).await else {
+            let Some(shared) = pg.shared_rls.check(&pg.pool, &t.table, role, &groups, &rows).await else {
                 continue;
             };
             let base = verdicts.classes;

@@ -11,6 +11,7 @@ pub mod catalog;
 mod diagnose;
 pub mod dispatch;
 pub mod filter;
+pub mod group_equality;
 pub mod payload;
 pub mod policy;
 pub mod pool;

@@ -27,6 +27,7 @@ use std::hash::{Hash, Hasher};
 use serde::Deserialize;
 
 use super::catalog::{quote_ident, TableInfo};
+use super::group_equality::{required_equality, GroupEquality};
 use super::sql_tokens::{tokenize, Token};
 
 /// The guard document for table `$1`, role `$2` and the `pg_catalog` functions named in
@@ -182,6 +183,9 @@ pub struct SharedPlan {
     pub builtins: Vec<String>,
     /// Identifies the claims-only functions' definitions (for caching their values).
     pub functions_digest: u64,
+    /// A column every visible row holds equal to a group value (only the groups whose
+    /// value is among a round's rows need asking).
+    pub equality: Option<GroupEquality>,
 }
 
 impl SharedPlan {
@@ -406,6 +410,13 @@ fn shared(table: &TableInfo, guard: &Guard) -> Result<SharedPlan, String> {
             restrictive.push(rewritten);
         }
     }
+    // What must hold for a row to be visible: every restrictive policy, and the
+    // permissive one when it is alone.
+    let mut required: Vec<&str> = restrictive.iter().map(String::as_str).collect();
+    if let [only] = permissive.as_slice() {
+        required.push(only);
+    }
+    let equality = required_equality(&required, table, &rewriter.values);
     // Postgres: no permissive policy means no row; restrictive ones all must pass.
     let mut qual = if permissive.is_empty() {
         "false".to_owned()
@@ -431,6 +442,7 @@ fn shared(table: &TableInfo, guard: &Guard) -> Result<SharedPlan, String> {
         values: rewriter.values,
         builtins,
         functions_digest: h.finish(),
+        equality,
     })
 }
 

@@ -9,7 +9,7 @@
 //! claim functions fail, or a table [`policy`] cannot share all go back to the
 //! per-viewer check ([`super::rls`]), which is always exact.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ use tokio_postgres::types::ToSql;
 use tracing::{debug, info, warn};
 
 use super::catalog::{quote_ident, TableInfo};
+use super::filter::Cell;
+use super::group_equality::GroupEquality;
 use super::policy::{self, guard_function_sql, GroupValue, Guard, Plan, SharedPlan, GUARD_FUNCTION, SHARED_SETTINGS};
 use super::pool::Pool;
 use super::rls::Viewer;
@@ -72,6 +74,15 @@ impl Shared {
     }
 }
 
+/// One row of a round: its primary key (texts in `table.pk` order) and, when known, the
+/// image the change carried (by catalog column), which lets the check leave out groups
+/// that cannot see it.
+#[derive(Clone, Copy)]
+pub struct Row<'a> {
+    pub key: &'a [String],
+    pub image: Option<&'a [Cell<'a>]>,
+}
+
 /// One viewer group of a role.
 #[derive(Clone, Copy)]
 pub struct Group<'a> {
@@ -82,7 +93,7 @@ pub struct Group<'a> {
 }
 
 impl SharedRls {
-    /// Checks `rows` (primary-key texts in `table.pk` order) for every group of `role`
+    /// Checks `rows` for every group of `role`
     /// at once. `None`: the table cannot be shared for this role now, check everyone
     /// per viewer. Otherwise which groups it decided and what they see.
     pub async fn check(
@@ -91,7 +102,7 @@ impl SharedRls {
         table: &TableInfo,
         role: &str,
         groups: &[Group<'_>],
-        rows: &[&[String]],
+        rows: &[Row<'_>],
     ) -> Option<Shared> {
         let entry = self.plan(pool, table, role).await?;
         let Plan::Shared(plan) = &entry.plan else {
@@ -421,17 +432,25 @@ async fn run(
     groups: &[Group<'_>],
     values: &[Values],
     ready: &[usize],
-    rows: &[&[String]],
+    rows: &[Row<'_>],
 ) -> Result<Option<Answer>, tokio_postgres::Error> {
     let sql = statement(table, plan);
     let row_index: Vec<i32> = (0..rows.len() as i32).collect();
     let key_columns: Vec<Vec<&str>> = (0..table.pk.len())
-        .map(|k| rows.iter().map(|r| r.get(k).map_or("", String::as_str)).collect())
+        .map(|k| rows.iter().map(|r| r.key.get(k).map_or("", String::as_str)).collect())
         .collect();
     let (distinct, class_of) = distinct_values(plan, groups, values, ready);
-    let group_index: Vec<i32> = (0..distinct.len() as i32).collect();
+    // The classes asked about; the others see none of these rows. The statement runs
+    // even when none is left, so its guard still notices changed policies.
+    let asked: Vec<usize> = match plan.equality.and_then(|e| row_values(e, rows).map(|v| (e, v))) {
+        Some((e, wanted)) => (0..distinct.len())
+            .filter(|&d| distinct[d][e.value].is_some_and(|v| wanted.contains(v)))
+            .collect(),
+        None => (0..distinct.len()).collect(),
+    };
+    let group_index: Vec<i32> = asked.iter().map(|&d| d as i32).collect();
     let value_columns: Vec<Vec<Option<&str>>> = (0..plan.values.len())
-        .map(|i| distinct.iter().map(|tuple| tuple[i]).collect())
+        .map(|i| asked.iter().map(|&d| distinct[d][i]).collect())
         .collect();
     let mut args: Vec<&(dyn ToSql + Sync)> = vec![&table.oid, &role, &plan.builtins, &guard, &row_index];
     args.extend(key_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -459,7 +478,7 @@ async fn run(
         conn.query(&statement, &args),
         conn.batch_execute("rollback")
     );
-    debug!(table = %table.name, rows = rows.len(), groups = ready.len(), distinct = distinct.len(),
+    debug!(table = %table.name, rows = rows.len(), groups = ready.len(), distinct = distinct.len(), asked = asked.len(),
         pairs = result.as_ref().map_or(0, Vec::len), ms = started.elapsed().as_secs_f64() * 1e3, "shared RLS check");
     if let Err(e) = rollback {
         debug!(error = %e, "rollback after the shared RLS check failed");
@@ -485,6 +504,23 @@ async fn run(
         classes,
         pairs,
     }))
+}
+
+/// The values the round's rows hold in the equality's column (NULL equals nothing);
+/// `None` when some row's value is not known (no image, or unchanged TOAST), so every
+/// group must be asked.
+fn row_values<'a>(equality: GroupEquality, rows: &[Row<'a>]) -> Option<HashSet<&'a str>> {
+    let mut values = HashSet::with_capacity(rows.len());
+    for row in rows {
+        match row.image?.get(equality.column)? {
+            Cell::Text(v) => {
+                values.insert(*v);
+            }
+            Cell::Null => {}
+            Cell::Missing => return None,
+        }
+    }
+    Some(values)
 }
 
 /// The distinct tuples of group values among the `ready` groups, and per `ready` group
