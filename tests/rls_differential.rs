@@ -20,6 +20,7 @@ use realtime::postgres_changes::filter::Cell;
 use realtime::postgres_changes::pool::Pool;
 use realtime::postgres_changes::rls::{self, Check, Viewer};
 use realtime::postgres_changes::rls_shared::{Group, Row, SharedRls};
+use realtime::postgres_changes::visibility::Pending;
 use serde_json::json;
 
 const VIEWERS: usize = 20;
@@ -286,7 +287,10 @@ async fn the_shared_check_agrees_with_the_per_viewer_check() {
                     claims: &viewers[v].1,
                 })
                 .collect();
-            let Some(answers) = shared.check(&pool, &table, role, &groups, &rows).await else {
+            let Some(answers) = shared
+                .check(&pool, &table, role, &groups, &rows, &Pending::new(&[]))
+                .await
+            else {
                 continue;
             };
             for (g, &v) in of_role.iter().enumerate() {

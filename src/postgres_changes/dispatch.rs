@@ -23,6 +23,7 @@ use super::registry::TableSubs;
 use super::rls::{self, Check, Viewer};
 use super::rls_shared::{Group, Row};
 use super::subscribe::Subscription;
+use super::visibility::Pending;
 use super::PgChanges;
 
 /// One change and who may get it. Subscribers are indexes into `subs` (the table's
@@ -92,9 +93,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
         }
     }
     // The RLS checks read the live rows, so they must see these transactions.
-    let may_check = prepared
-        .iter()
-        .any(|p| p.change.kind != Action::Delete && !p.table.pk.is_empty());
+    let pending = Pending::new(xids);
     let started = std::time::Instant::now();
     // The last round's security state predicts this one's: the checks start at once,
     // beside the read of this round's state, and count only if it agrees on who is
@@ -104,11 +103,8 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
         apply_security(&mut prepared, h);
     }
     let ahead = async {
-        if may_check {
-            rls::wait_visible(&pg.pool, xids).await;
-        }
         match &hint {
-            Some(_) => Some(check_rls(pg, &prepared).await),
+            Some(_) => Some(check_rls(pg, &prepared, &pending).await),
             None => None,
         }
     };
@@ -122,7 +118,7 @@ pub async fn deliver(pg: &PgChanges, changes: &[RowChange], commit_us: &[i64], x
     let secured_at = started.elapsed();
     let verdicts = match ahead {
         Some(verdicts) if agreed => verdicts,
-        _ => check_rls(pg, &prepared).await,
+        _ => check_rls(pg, &prepared, &pending).await,
     };
     apply_verdicts(&mut prepared, &verdicts, pg.rls_batch);
     let checked_at = started.elapsed();
@@ -412,7 +408,7 @@ impl Verdicts {
 
 /// Checks which candidates may SELECT their row, per table. Tables without RLS and roles
 /// with BYPASSRLS need no query.
-async fn check_rls(pg: &PgChanges, prepared: &[Prepared<'_>]) -> Vec<(TableChecks, Verdicts)> {
+async fn check_rls(pg: &PgChanges, prepared: &[Prepared<'_>], pending: &Pending) -> Vec<(TableChecks, Verdicts)> {
     let batch = pg.rls_batch;
     let mut tables: Vec<TableChecks> = Vec::new();
     for (pi, p) in prepared.iter().enumerate() {
@@ -451,7 +447,7 @@ async fn check_rls(pg: &PgChanges, prepared: &[Prepared<'_>]) -> Vec<(TableCheck
     }
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
-        let verdicts = table_verdicts(pg, prepared, &t).await;
+        let verdicts = table_verdicts(pg, prepared, &t, pending).await;
         out.push((t, verdicts));
     }
     out
@@ -480,7 +476,7 @@ fn apply_verdicts(prepared: &mut [Prepared<'_>], checks: &[(TableChecks, Verdict
 
 /// Checks one table's waiting groups: the shared statement per role first, then one by
 /// one those it could not decide.
-async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChecks) -> Verdicts {
+async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChecks, pending: &Pending) -> Verdicts {
     let batch = pg.rls_batch;
     let waiting: Vec<usize> = (0..t.waiting.len()).filter(|&g| t.waiting[g]).collect();
     let mut verdicts = Verdicts {
@@ -507,7 +503,11 @@ async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChec
                 continue;
             }
             let groups: Vec<Group<'_>> = of_role.iter().map(|&g| t.viewer(batch, g)).collect();
-            let Some(shared) = pg.shared_rls.check(&pg.pool, &t.table, role, &groups, &rows).await else {
+            let Some(shared) = pg
+                .shared_rls
+                .check(&pg.pool, &t.table, role, &groups, &rows, pending)
+                .await
+            else {
                 continue;
             };
             let base = verdicts.classes;
@@ -553,6 +553,7 @@ async fn table_verdicts(pg: &PgChanges, prepared: &[Prepared<'_>], t: &TableChec
             rows: rows.iter().map(|&k| prepared[t.rows[k as usize]].pk.clone()).collect(),
         })
         .collect();
+    pending.wait(&pg.pool).await;
     let answers = rls::visible(&pg.pool, &t.table, &checks, batch).await;
     drop(checks);
     for ((&g, rows), answer) in rest.iter().zip(&rows_of).zip(answers) {

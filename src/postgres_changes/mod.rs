@@ -22,6 +22,7 @@ pub mod rls_shared;
 mod sql_tokens;
 pub mod subscribe;
 mod turns;
+pub mod visibility;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -14,12 +14,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::catalog::{quote_ident, TableInfo};
 use super::pool::Pool;
@@ -46,51 +45,6 @@ pub struct Check<'a> {
 
 /// Most viewers checked by one statement.
 const BATCH: usize = 1024;
-
-/// How long [`wait_visible`] waits at most.
-const VISIBLE_WAIT: Duration = Duration::from_secs(2);
-
-/// The transactions among `xids` that a new snapshot does not see yet (32-bit ids are
-/// widened with the epoch of the snapshot's xmax).
-const NOT_VISIBLE: &str = "select count(*) from unnest($1::int8[]) x, (select txid_current_snapshot() s) q \
-     where not txid_visible_in_snapshot(case when x <= (txid_snapshot_xmax(q.s) & 4294967295) \
-       then ((txid_snapshot_xmax(q.s) >> 32) << 32) | x \
-       else (greatest((txid_snapshot_xmax(q.s) >> 32) - 1, 0) << 32) | x end, q.s)";
-
-/// Waits until snapshots taken from now on see the transactions `xids`.
-///
-/// Postgres flushes a commit record (and so may stream it) before it makes the
-/// transaction visible to other sessions; a check in between would judge a committed row
-/// missing and drop it for every viewer. Seen in the bench on a busy machine with
-/// `synchronous_commit = on`. Gives up after [`VISIBLE_WAIT`] (then checks anyway).
-pub async fn wait_visible(pool: &Pool, xids: &[u32]) {
-    if xids.is_empty() {
-        return;
-    }
-    let ids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
-    let started = Instant::now();
-    loop {
-        let pending = async {
-            let mut conn = pool.checkout().await?;
-            let statement = conn.prepare_cached(NOT_VISIBLE).await?;
-            conn.query_one(&statement, &[&ids]).await.map(|r| r.get::<_, i64>(0))
-        }
-        .await;
-        match pending {
-            Ok(0) => return,
-            Ok(n) => debug!(pending = n, "committed transactions not visible yet: waiting"),
-            Err(e) => {
-                warn!(error = %e, "cannot check that the transactions are visible: checking RLS now");
-                return;
-            }
-        }
-        if started.elapsed() > VISIBLE_WAIT {
-            warn!("committed transactions still not visible after 2 s: checking RLS now");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 /// Opens the check transaction. The check's arguments are arrays, whose length a custom
 /// plan knows: Postgres then judges the generic plan (10 elements assumed) costlier and

@@ -22,6 +22,7 @@ use super::group_equality::GroupEquality;
 use super::policy::{self, guard_function_sql, GroupValue, Guard, Plan, SharedPlan, GUARD_FUNCTION, SHARED_SETTINGS};
 use super::pool::Pool;
 use super::rls::Viewer;
+use super::visibility::{not_visible, Pending};
 use crate::observability::metrics::{Rls, RlsTimer};
 
 /// A per-viewer plan is made again after this long (the policies may have become
@@ -103,6 +104,7 @@ impl SharedRls {
         role: &str,
         groups: &[Group<'_>],
         rows: &[Row<'_>],
+        pending: &Pending,
     ) -> Option<Shared> {
         let entry = self.plan(pool, table, role).await?;
         let Plan::Shared(plan) = &entry.plan else {
@@ -119,10 +121,21 @@ impl SharedRls {
             return Some(out);
         }
         let timer = RlsTimer::start(Rls::PostgresChangesShared, ready.len());
-        let result = run(pool, table, role, plan, &entry.guard, groups, &values, &ready, rows).await;
+        let check = Statement {
+            table,
+            role,
+            plan,
+            guard: &entry.guard,
+        };
+        let mut result = run(pool, &check, groups, &values, &ready, rows, pending.unseen()).await;
+        if matches!(result, Ok(Outcome::NotVisible)) {
+            pending.wait(pool).await;
+            result = run(pool, &check, groups, &values, &ready, rows, &[]).await;
+        }
         drop(timer);
         match result {
-            Ok(Some(answer)) => {
+            Ok(Outcome::Answer(answer)) => {
+                pending.saw();
                 for (&g, class) in ready.iter().zip(answer.class_of) {
                     out.class_of[g] = Some(class);
                 }
@@ -130,7 +143,11 @@ impl SharedRls {
                 out.pairs = answer.pairs;
                 Some(out)
             }
-            Ok(None) => {
+            Ok(Outcome::NotVisible) => {
+                warn!(table = %table.name, role, "the round's transactions are still not visible: checking these viewers one by one");
+                None
+            }
+            Ok(Outcome::GuardChanged) => {
                 info!(table = %table.name, role, "RLS policies, grants or functions changed: planning the shared check again");
                 self.forget(table.oid, role);
                 None
@@ -350,8 +367,11 @@ async fn compute_values(
 }
 
 /// The shared statement for `table` under `plan`. Parameters: $1 table, $2 role, $3
-/// builtins, $4 expected guard, $5 row indexes, then one text[] per key column, then the
-/// group indexes and one text[] per group value.
+/// builtins, $4 expected guard, $5 the transactions it must see, $6 row indexes, then one
+/// text[] per key column, then the group indexes and one text[] per group value.
+///
+/// It answers a marker instead when the guard differs (-1) or its snapshot does not see
+/// the transactions (-2).
 ///
 /// The round's rows and the groups are materialized first, and the policy reads the rows
 /// under the table's name. The planner then has no statistics for them, and estimates
@@ -361,9 +381,9 @@ async fn compute_values(
 /// rows; 4.8 ms materialized).
 fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
     let own = quote_ident(&table.name);
-    let mut p = 5;
+    let mut p = 6;
     let mut key_cols = vec!["__rs_ki".to_owned()];
-    let mut key_args = vec!["$5::int4[]".to_owned()];
+    let mut key_args = vec!["$6::int4[]".to_owned()];
     let mut join = Vec::new();
     for (n, &i) in table.pk.iter().enumerate() {
         p += 1;
@@ -394,13 +414,16 @@ fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
     }
     format!(
         "with __rs_guard as materialized (select {GUARD_FUNCTION}($1::oid, $2::text, $3::text[]) = $4::text::jsonb as __rs_ok), \
+         __rs_seen as materialized (select ({}) = 0 as __rs_ok), \
          __rs_rows as materialized (select __rs_k.__rs_ki, {own}.* from unnest({}) as __rs_k({}) join {}.{own} on {}), \
          __rs_groups as materialized (select {} from unnest({}) as __rs_u({})) \
-         select {own}.__rs_ki, __rs_g.__rs_gi from __rs_guard \
+         select {own}.__rs_ki, __rs_g.__rs_gi from __rs_guard cross join __rs_seen \
          cross join __rs_rows as {own} \
          cross join __rs_groups as __rs_g \
-         where __rs_guard.__rs_ok and ({}) \
-         union all select -1, -1 from __rs_guard where not __rs_guard.__rs_ok",
+         where __rs_guard.__rs_ok and __rs_seen.__rs_ok and ({}) \
+         union all select -1, -1 from __rs_guard where not __rs_guard.__rs_ok \
+         union all select -2, -2 from __rs_seen where not __rs_seen.__rs_ok",
+        not_visible("$5::int8[]"),
         key_args.join(", "),
         key_cols.join(", "),
         quote_ident(&table.schema),
@@ -421,19 +444,41 @@ struct Answer {
     pairs: Vec<(u32, u32)>,
 }
 
-/// Runs the shared statement for the `ready` groups: `Ok(None)` when the guard changed.
-#[allow(clippy::too_many_arguments)]
+/// What the shared statement is run for.
+struct Statement<'a> {
+    table: &'a TableInfo,
+    role: &'a str,
+    plan: &'a SharedPlan,
+    /// The guard document the plan was made from.
+    guard: &'a str,
+}
+
+/// What the shared statement said.
+enum Outcome {
+    Answer(Answer),
+    /// The policies, grants or functions differ from the plan's guard.
+    GuardChanged,
+    /// Its snapshot does not see all of the round's transactions.
+    NotVisible,
+}
+
+/// Runs the shared statement for the `ready` groups, in a snapshot that must see
+/// `unseen`.
 async fn run(
     pool: &Pool,
-    table: &TableInfo,
-    role: &str,
-    plan: &SharedPlan,
-    guard: &str,
+    check: &Statement<'_>,
     groups: &[Group<'_>],
     values: &[Values],
     ready: &[usize],
     rows: &[Row<'_>],
-) -> Result<Option<Answer>, tokio_postgres::Error> {
+    unseen: &[i64],
+) -> Result<Outcome, tokio_postgres::Error> {
+    let Statement {
+        table,
+        role,
+        plan,
+        guard,
+    } = *check;
     let sql = statement(table, plan);
     let row_index: Vec<i32> = (0..rows.len() as i32).collect();
     let key_columns: Vec<Vec<&str>> = (0..table.pk.len())
@@ -452,7 +497,7 @@ async fn run(
     let value_columns: Vec<Vec<Option<&str>>> = (0..plan.values.len())
         .map(|i| asked.iter().map(|&d| distinct[d][i]).collect())
         .collect();
-    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&table.oid, &role, &plan.builtins, &guard, &row_index];
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&table.oid, &role, &plan.builtins, &guard, &unseen, &row_index];
     args.extend(key_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
     args.push(&group_index);
     args.extend(value_columns.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -490,8 +535,10 @@ async fn run(
         let (Ok(r), Ok(g)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
             continue;
         };
-        if r < 0 {
-            return Ok(None);
+        match r {
+            -1 => return Ok(Outcome::GuardChanged),
+            -2 => return Ok(Outcome::NotVisible),
+            _ => {}
         }
         if let (Ok(r), Ok(g)) = (u32::try_from(r), u32::try_from(g)) {
             if g < classes {
@@ -499,7 +546,7 @@ async fn run(
             }
         }
     }
-    Ok(Some(Answer {
+    Ok(Outcome::Answer(Answer {
         class_of,
         classes,
         pairs,
