@@ -16,6 +16,11 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 4000)]
     pub port: u16,
 
+    /// Threads serving connections (the runtime's workers). Unset: one per CPU core.
+    /// Lower it when several nodes share one machine, so they do not outnumber its cores.
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// HS256/384/512 secret for client JWTs. Unset (and no JWKS) = development mode: a
     /// random secret is generated and ready-made anon/service_role tokens are printed.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]

@@ -46,7 +46,11 @@ fn db_init(config: &Config) -> ExitCode {
 /// Serves until SIGTERM/SIGINT; with `dev`, on a throwaway database stopped afterwards.
 fn serve(mut config: Config, dev: Option<DevArgs>) -> ExitCode {
     realtime::observability::logging::init(config.observability.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("realtime: cannot start the runtime: {e}");

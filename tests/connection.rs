@@ -219,3 +219,23 @@ async fn server_pings_a_silent_client() {
     .await;
     assert_eq!(got_ping, Ok(true));
 }
+
+/// Threads of process `pid` named as the runtime names its workers.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_sets_how_many_threads_serve_connections() {
+    for n in [1usize, 3] {
+        let s = Server::start_with(&[("WORKER_THREADS", &n.to_string())]).await;
+        // Still serving on one thread.
+        let mut c = s.connect("2.0.0").await;
+        c.join("realtime:threads", serde_json::json!({})).await;
+        assert_eq!(worker_threads(s.pid()), n);
+    }
+}
