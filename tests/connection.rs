@@ -223,8 +223,10 @@ async fn server_pings_a_silent_client() {
 /// Threads of process `pid` named as the runtime names its workers.
 fn worker_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .filter(|name| name.trim() == "tokio-rt-worker")
         .count()
 }
