@@ -12,8 +12,11 @@
 //! or `nats`) and K nodes, the clients spread over them round robin, so every view is
 //! converged only once presence has crossed the engine (issue 11: ≤ 2 s for 1,000 over 3).
 //!
+//! The nodes of a cluster share the machine's cores, so each runs `--node-workers`
+//! runtime threads (`WORKER_THREADS`, default 1), as in `cluster_fanout`.
+//!
 //! `cargo bench --bench presence -- [--clients N] [--vsn 2.0.0|1.0.0] [--timeout-secs 60]
-//! [--nodes K --engine redis|nats]`
+//! [--nodes K --engine redis|nats --node-workers W]`
 
 #[path = "loadgen/mod.rs"]
 mod loadgen;
@@ -196,10 +199,12 @@ async fn main() -> Res<()> {
     let engine_name: String = p.get("engine", "redis".to_owned())?;
     let (engine, servers) = if nodes_wanted > 1 {
         let (engine, url) = loadgen::start_engine_named(&engine_name).await?;
+        let workers = p.get("node-workers", 1usize)?.to_string();
         let mut servers = Vec::new();
         for i in 0..nodes_wanted {
             let name = format!("node-{}", i + 1);
-            servers.push(loadgen::start_realtime(&[("CLUSTER_URL", &url), ("NODE_ID", &name)]).await?);
+            let env = [("CLUSTER_URL", url.as_str()), ("NODE_ID", &name), ("WORKER_THREADS", &workers)];
+            servers.push(loadgen::start_realtime(&env).await?);
         }
         // Let the nodes hear each other before anyone joins.
         tokio::time::sleep(Duration::from_millis(1500)).await;
