@@ -203,7 +203,11 @@ async fn main() -> Res<()> {
         let mut servers = Vec::new();
         for i in 0..nodes_wanted {
             let name = format!("node-{}", i + 1);
-            let env = [("CLUSTER_URL", url.as_str()), ("NODE_ID", &name), ("WORKER_THREADS", &workers)];
+            let env = [
+                ("CLUSTER_URL", url.as_str()),
+                ("NODE_ID", &name),
+                ("WORKER_THREADS", &workers),
+            ];
             servers.push(loadgen::start_realtime(&env).await?);
         }
         // Let the nodes hear each other before anyone joins.

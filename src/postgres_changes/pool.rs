@@ -116,9 +116,16 @@ impl Pool {
                     debug!(error = %e, "database connection ended");
                 }
             });
-            // Values must render like Supabase's (UTC timestamps, ISO dates).
+            // Values must render like Supabase's (UTC timestamps, ISO dates). Kept
+            // statements use their generic plan: they take arrays, whose lengths a custom
+            // plan knows, so Postgres would otherwise plan each execution again (the
+            // round's security read: 0.34 ms planning for 0.05 ms of work). Checks that
+            // need a custom plan set it for their transaction.
             client
-                .batch_execute("set application_name = 'realtime-rs'; set timezone = 'UTC'; set datestyle = 'ISO'; set extra_float_digits = 3")
+                .batch_execute(
+                    "set application_name = 'realtime-rs'; set timezone = 'UTC'; set datestyle = 'ISO'; \
+                     set extra_float_digits = 3; set plan_cache_mode = force_generic_plan",
+                )
                 .await?;
             *guard = Some(Slot {
                 client,
