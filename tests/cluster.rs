@@ -688,8 +688,15 @@ async fn presence_converges_after_the_engine_restarts(kind: Kind) {
         .is_some());
 
     engine.kill().await;
-    // Cut off, each node keeps its own members and lets the other's go.
+    // Cut off, each node keeps its own members and lets the other's go. Bob's leave of
+    // alice is awaited too: it also reads past any diff bob got before the outage, so the
+    // join awaited below is the one after the engine returned (a join of alice still
+    // unread from before let this test pass before b had her again, and the late joiner
+    // then missed her).
     assert!(diff_with(&mut alice, "leaves", "bob", Duration::from_secs(6))
+        .await
+        .is_some());
+    assert!(diff_with(&mut bob, "leaves", "alice", Duration::from_secs(6))
         .await
         .is_some());
     engine.start_again().await;
