@@ -224,8 +224,74 @@ async fn a_transaction_in_flight_when_the_leader_dies_arrives_once(kind: Kind) {
     );
 }
 
+/// `cluster.engine_connected` of a node's `/api/health`.
+async fn engine_connected(s: &Server) -> bool {
+    let (_, _, body) = s.http("GET", "/api/health", &[], b"").await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    v["cluster"]["engine_connected"]
+        .as_bool()
+        .expect("cluster.engine_connected in /api/health")
+}
+
+async fn engine_link_until(s: &Server, up: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while engine_connected(s).await != up {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine link of a node is not {} after 15 s",
+            if up { "up" } else { "down" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn row_changes_committed_while_the_engine_is_down_reach_every_node_after(kind: Kind) {
+    let pg = Pg::start();
+    pg.exec(SCHEMA).await;
+    let mut engine = EngineServer::start(kind).await;
+    let (leader, follower) = leader_then_follower(&engine, &pg).await;
+    let (mut on_leader, mut on_follower) = (watcher(&leader).await, watcher(&follower).await);
+    pg.exec("insert into public.items values (1, 'before')").await;
+    for c in [&mut on_leader, &mut on_follower] {
+        assert_eq!(ids(c, 1, Duration::from_secs(15)).await, [1]);
+    }
+
+    engine.kill().await;
+    engine_link_until(&leader, false).await;
+    engine_link_until(&follower, false).await;
+    for id in 2..=20 {
+        pg.exec(&format!("insert into public.items values ({id}, 'during')"))
+            .await;
+    }
+    // The leader's own subscribers are served meanwhile.
+    let during: Vec<i64> = (2..=20).collect();
+    assert_eq!(ids(&mut on_leader, 19, Duration::from_secs(15)).await, during);
+
+    engine.start_again().await;
+    let back = tokio::time::Instant::now();
+    engine_link_until(&follower, true).await;
+    for id in 21..=30 {
+        pg.exec(&format!("insert into public.items values ({id}, 'after')"))
+            .await;
+    }
+    let expected: Vec<i64> = (2..=30).collect();
+    assert_eq!(
+        ids(&mut on_follower, 29, Duration::from_secs(20)).await,
+        expected,
+        "the follower's subscriber gets what was committed while the engine was down, once and in order"
+    );
+    eprintln!("the follower caught up {:?} after the engine returned", back.elapsed());
+    assert_eq!(
+        ids(&mut on_leader, 10, Duration::from_secs(15)).await,
+        (21..=30).collect::<Vec<_>>()
+    );
+    on_follower.expect_silence(Duration::from_millis(500)).await;
+    on_leader.expect_silence(Duration::from_millis(300)).await;
+}
+
 per_engine!(
     row_changes_reach_every_node_from_one_stream,
     a_killed_leader_is_replaced_and_no_change_is_lost_or_doubled,
     a_transaction_in_flight_when_the_leader_dies_arrives_once,
+    row_changes_committed_while_the_engine_is_down_reach_every_node_after,
 );

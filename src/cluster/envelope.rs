@@ -43,6 +43,7 @@ use realtime_protocol::{BroadcastMessage, Encoding};
 use std::sync::Arc;
 
 use super::rows::{self, Relayed};
+use super::sequence::{Ask, Run, Span};
 use super::state_wire::{self, NodeState};
 use crate::fanout::TopicKey;
 use crate::observability::state::StreamState;
@@ -65,6 +66,10 @@ pub(super) const KIND_REPORTED: u8 = 10;
 pub(super) const KIND_SERVER_SET: u8 = 11;
 pub(super) const KIND_SERVER_DEL: u8 = 12;
 pub(super) const KIND_NODE_STATE: u8 = 13;
+/// Row changes and stream states with the leader's sequence (5 and 6 are read without).
+const KIND_NUMBERED_CHANGES: u8 = 14;
+const KIND_LEADER_STREAMS: u8 = 15;
+const KIND_CHANGES_REQUEST: u8 = 16;
 
 const PRESENCE_DELTA: u8 = 0;
 const PRESENCE_FULL: u8 = 1;
@@ -123,10 +128,17 @@ pub enum Body {
     ServerDel { presence_key: String },
     /// A part of the origin's state (see [`super::state_wire`]).
     NodeState(NodeState),
-    /// Row changes streamed by the origin, the leader.
-    Changes(Relayed),
-    /// The leader's replication streams: Postgres Changes, Broadcast from Database.
-    Streams(StreamState, StreamState),
+    /// Row changes streamed by the origin, the leader, numbered (term, sequence) in its
+    /// run (`None`: from a node that does not number them).
+    Changes {
+        numbered: Option<(u32, u64)>,
+        relayed: Relayed,
+    },
+    /// The leader's replication streams: Postgres Changes, Broadcast from Database, and
+    /// the batches it keeps for resending.
+    Streams(StreamState, StreamState, Option<Span>),
+    /// The origin asks a leader to resend batches of its run.
+    ChangesRequest(Ask),
     /// The origin replays the topic's public history since `since_ms`: each node answers
     /// with what it keeps.
     HistoryRequest { request: u64, since_ms: i64 },
@@ -214,20 +226,37 @@ pub(super) fn node_header(out: &mut BytesMut, kind: u8, origin: u64) {
     out.put_u16_le(0);
 }
 
-/// Encodes a batch of row changes relayed by the leader `origin`.
-pub fn encode_changes(origin: u64, batch: &Batch, offsets: &[usize]) -> Option<Bytes> {
-    let mut out = BytesMut::with_capacity(64 + batch.changes.len() * 64);
-    node_header(&mut out, KIND_CHANGES, origin);
+/// Encodes a batch of row changes relayed by the leader `origin`, numbered `seq` in its
+/// `term`.
+pub fn encode_changes(origin: u64, (term, seq): (u32, u64), batch: &Batch, offsets: &[usize]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(76 + batch.changes.len() * 64);
+    node_header(&mut out, KIND_NUMBERED_CHANGES, origin);
+    out.put_u32_le(term);
+    out.put_u64_le(seq);
     rows::encode(&mut out, batch, offsets)?;
     Some(out.freeze())
 }
 
-/// Encodes the leader's stream states.
-pub fn encode_streams(origin: u64, postgres_changes: StreamState, db_broadcast: StreamState) -> Bytes {
-    let mut out = BytesMut::with_capacity(15);
-    node_header(&mut out, KIND_STREAMS, origin);
+/// Encodes the leader's stream states and what it keeps for resending.
+pub fn encode_streams(origin: u64, postgres_changes: StreamState, db_broadcast: StreamState, span: Span) -> Bytes {
+    let mut out = BytesMut::with_capacity(35);
+    node_header(&mut out, KIND_LEADER_STREAMS, origin);
     out.put_u8(state_code(postgres_changes));
     out.put_u8(state_code(db_broadcast));
+    out.put_u32_le(span.term);
+    out.put_u64_le(span.first);
+    out.put_u64_le(span.last);
+    out.freeze()
+}
+
+/// Encodes `origin`'s request to a leader to resend batches.
+pub fn encode_changes_request(origin: u64, ask: Ask) -> Bytes {
+    let mut out = BytesMut::with_capacity(44);
+    node_header(&mut out, KIND_CHANGES_REQUEST, origin);
+    out.put_u64_le(ask.run.origin);
+    out.put_u32_le(ask.run.term);
+    out.put_u64_le(ask.from);
+    out.put_u64_le(ask.to);
     out.freeze()
 }
 
@@ -347,8 +376,32 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, Malformed> {
             presence_key: r.str16()?.to_owned(),
         },
         KIND_NODE_STATE => Body::NodeState(state_wire::decode_node_state(&mut r)?),
-        KIND_CHANGES => Body::Changes(rows::decode(&mut r)?),
-        KIND_STREAMS => Body::Streams(state(r.u8()?)?, state(r.u8()?)?),
+        KIND_CHANGES => Body::Changes {
+            numbered: None,
+            relayed: rows::decode(&mut r)?,
+        },
+        KIND_NUMBERED_CHANGES => Body::Changes {
+            numbered: Some((r.u32()?, r.u64()?)),
+            relayed: rows::decode(&mut r)?,
+        },
+        KIND_STREAMS => Body::Streams(state(r.u8()?)?, state(r.u8()?)?, None),
+        KIND_LEADER_STREAMS => Body::Streams(
+            state(r.u8()?)?,
+            state(r.u8()?)?,
+            Some(Span {
+                term: r.u32()?,
+                first: r.u64()?,
+                last: r.u64()?,
+            }),
+        ),
+        KIND_CHANGES_REQUEST => Body::ChangesRequest(Ask {
+            run: Run {
+                origin: r.u64()?,
+                term: r.u32()?,
+            },
+            from: r.u64()?,
+            to: r.u64()?,
+        }),
         KIND_HISTORY_REQUEST => Body::HistoryRequest {
             request: r.u64()?,
             since_ms: r.u64()? as i64,
@@ -601,6 +654,35 @@ mod tests {
             Body::Heartbeat { ready: false },
             "a heartbeat without the byte"
         );
+    }
+
+    #[test]
+    fn numbered_changes_leader_spans_and_resend_requests_round_trip() {
+        let span = Span {
+            term: 3,
+            first: 10,
+            last: 12,
+        };
+        let env = decode(&encode_streams(9, StreamState::Streaming, StreamState::Down, span)).expect("decodes");
+        assert_eq!(
+            (env.origin, env.body),
+            (9, Body::Streams(StreamState::Streaming, StreamState::Down, Some(span)))
+        );
+        let ask = Ask {
+            run: Run { origin: 5, term: 3 },
+            from: 11,
+            to: u64::MAX,
+        };
+        let env = decode(&encode_changes_request(9, ask)).expect("decodes");
+        assert_eq!(env.body, Body::ChangesRequest(ask));
+        let bytes = encode_changes(9, (3, 12), &Batch::default(), &[]).expect("encodes");
+        let Body::Changes { numbered, relayed } = decode(&bytes).expect("decodes").body else {
+            panic!("changes expected")
+        };
+        assert_eq!((numbered, relayed.batch), (Some((3, 12)), Batch::default()));
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes.slice(..n)).is_err(), "truncated at {n}");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!   The leader also relays its streams' states, so `Subscribed to PostgreSQL`,
 //!   `replication_ready` and `/api/health` mean the same on every node. After a failover
 //!   the new leader resumes from the slots' confirmed positions; each node delivers a
-//!   change once ([`rows::Dedupe`]).
+//!   change once ([`rows::Dedupe`]). Relayed batches are numbered; a follower that
+//!   missed some (an engine outage) asks the leader, which keeps them a while
+//!   ([`sequence`]).
 //!
 //! * **Public replay history** (`REPLAY_PUBLIC`): kept in the engine, per topic (a Redis
 //!   stream; a JetStream subject on NATS), appended in the same round trip as the
@@ -48,6 +50,7 @@ pub mod occupancy;
 pub mod redis;
 pub mod reporting;
 pub mod rows;
+pub mod sequence;
 pub mod server_presence;
 pub mod state_wire;
 
@@ -64,6 +67,7 @@ use self::engine::{Engine, HistorySettings, Incoming};
 use self::envelope::{Body, Envelope};
 use self::liveness::Nodes;
 use self::rows::{Dedupe, Offsets, Relayed};
+use self::sequence::{Sent, Sequencer, Step};
 use crate::fanout::{Registry, TopicKey};
 use crate::observability::state::{StreamState, DB_BROADCAST, PG_CHANGES};
 use crate::presence::state::LocalChanges;
@@ -126,6 +130,12 @@ struct SyncWait {
     count: watch::Sender<usize>,
 }
 
+/// The leader's side of the relay.
+struct Relaying {
+    offsets: Offsets,
+    sent: Sent,
+}
+
 /// The broker of a clustered node.
 pub struct ClusterBroker {
     /// Itself, for the tasks it spawns.
@@ -147,8 +157,11 @@ pub struct ClusterBroker {
     syncs: Mutex<AHashMap<TopicKey, SyncWait>>,
     /// This node holds the replication lease.
     leader: AtomicBool,
-    /// Offsets of the transactions this node streams as leader.
-    offsets: Mutex<Offsets>,
+    /// What this node relayed as leader: its transactions' offsets, and the numbered
+    /// batches kept for followers that missed them.
+    relaying: Mutex<Relaying>,
+    /// The order of the batches relayed to this node as follower.
+    sequencer: Mutex<Sequencer>,
     /// What this node delivered of the row changes, whoever streamed them.
     delivered: Mutex<Dedupe>,
     /// Relayed batches, delivered in order by one task.
@@ -213,7 +226,11 @@ pub fn start(
         syncs: Mutex::new(AHashMap::new()),
         histories: Mutex::new(history::Waits::default()),
         leader: AtomicBool::new(false),
-        offsets: Mutex::new(Offsets::default()),
+        relaying: Mutex::new(Relaying {
+            offsets: Offsets::default(),
+            sent: Sent::new(sequence::KEEP_BYTES),
+        }),
+        sequencer: Mutex::new(Sequencer::default()),
         delivered: Mutex::new(Dedupe::default()),
         relay,
         relations: Mutex::new(AHashMap::new()),
@@ -243,6 +260,7 @@ async fn receive(broker: Weak<ClusterBroker>, mut incoming: mpsc::Receiver<Incom
             Incoming::Resubscribed => {
                 broker.resync_all();
                 broker.send_state(true);
+                broker.changes_resubscribed();
             }
         }
     }
@@ -332,10 +350,18 @@ impl ClusterBroker {
 
     /// This node took or lost the replication lease.
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
         if leader {
-            *crate::sync::lock(&self.offsets, "cluster offsets") = Offsets::default();
+            let mut relaying = crate::sync::lock(&self.relaying, "cluster relaying");
+            relaying.offsets = Offsets::default();
+            relaying.sent.start_term();
+            drop(relaying);
+            let held = crate::sync::lock(&self.sequencer, "cluster sequencer").leading();
+            self.follow(Step {
+                deliver: held,
+                ask: None,
+            });
         }
+        self.leader.store(leader, Ordering::SeqCst);
     }
 
     /// This node holds the replication lease.
@@ -356,17 +382,87 @@ impl ClusterBroker {
         }
         if self.is_leader() {
             if beat {
-                let bytes = envelope::encode_streams(self.origin, PG_CHANGES.state(), DB_BROADCAST.state());
-                self.engine.publish(self.changes_channel(), bytes);
+                self.send_streams();
             }
             return;
         }
+        let step = crate::sync::lock(&self.sequencer, "cluster sequencer").tick(std::time::Instant::now());
+        self.follow(step);
         let heard = *crate::sync::lock(&self.leader_heard, "cluster leader");
         if heard.is_some_and(|at| at.elapsed() > liveness::NODE_TIMEOUT) {
             *crate::sync::lock(&self.leader_heard, "cluster leader") = None;
             warn!("cluster: no replication leader heard for 4 s; row changes are paused until one takes over");
             self.mirror_streams(StreamState::Down, StreamState::Down);
         }
+    }
+
+    /// The leader says how its streams are and which batches it keeps.
+    fn send_streams(&self) {
+        let span = crate::sync::lock(&self.relaying, "cluster relaying")
+            .sent
+            .span(std::time::Instant::now());
+        let bytes = envelope::encode_streams(self.origin, PG_CHANGES.state(), DB_BROADCAST.state(), span);
+        self.engine.publish(self.changes_channel(), bytes);
+    }
+
+    /// The engine link is back: the leader says at once what it sent meanwhile; a
+    /// follower asks for what came after what it has.
+    fn changes_resubscribed(&self) {
+        if self.local.changes().is_none() {
+            return;
+        }
+        if self.is_leader() {
+            self.send_streams();
+            return;
+        }
+        let ask = crate::sync::lock(&self.sequencer, "cluster sequencer").resubscribed();
+        self.follow(Step {
+            deliver: Vec::new(),
+            ask,
+        });
+    }
+
+    /// Hands a follower's ordered batches to delivery, and sends its request.
+    fn follow(&self, step: Step) {
+        for relayed in step.deliver {
+            if self.relay.send(relayed).is_err() {
+                warn!("cluster: row changes relay stopped");
+            }
+        }
+        if let Some(ask) = step.ask {
+            debug!(
+                from = ask.from,
+                to = ask.to,
+                "cluster: asking the leader to resend row changes"
+            );
+            self.engine.publish(
+                self.changes_channel(),
+                envelope::encode_changes_request(self.origin, ask),
+            );
+        }
+    }
+
+    /// A follower asked this leader to resend batches.
+    fn resend(&self, ask: sequence::Ask) {
+        if ask.run.origin != self.origin || !self.is_leader() {
+            return;
+        }
+        let relaying = crate::sync::lock(&self.relaying, "cluster relaying");
+        let batches = relaying.sent.resend(ask.run.term, ask.from, ask.to);
+        debug!(
+            from = ask.from,
+            to = ask.to,
+            batches = batches.len(),
+            "cluster: resending row changes"
+        );
+        // Under the lock, so that no new batch goes out between them and the span.
+        for bytes in batches {
+            if !self.engine.publish(self.changes_channel(), bytes) {
+                crate::observability::metrics::cluster_dropped(1);
+            }
+        }
+        drop(relaying);
+        self.send_streams();
     }
 
     /// A follower shows the leader's stream states as its own.
@@ -400,6 +496,30 @@ impl ClusterBroker {
             seen.insert(r.id, r.clone());
             consumer.relation_changed(r);
         }
+    }
+
+    /// The leader numbers a batch, keeps it for resending and hands it to the engine;
+    /// returns its transactions' offsets.
+    fn relay_changes(&self, batch: &Batch) -> Vec<usize> {
+        let mut relaying = crate::sync::lock(&self.relaying, "cluster relaying");
+        let offsets = relaying.offsets.of(batch);
+        let numbered = relaying.sent.upcoming();
+        let Some(bytes) = envelope::encode_changes(self.origin, numbered, batch, &offsets) else {
+            warn!(changes = batch.changes.len(), "row changes too large to relay");
+            return offsets;
+        };
+        relaying.sent.keep(numbered.1, bytes.clone(), std::time::Instant::now());
+        // Under the lock: batches reach the engine in the order they are numbered.
+        if !self.engine.publish(self.changes_channel(), bytes) {
+            // Kept: followers ask for it once they see the hole.
+            warn!(
+                changes = batch.changes.len(),
+                "cluster engine queue full: row changes not relayed now"
+            );
+            crate::observability::metrics::cluster_dropped(1);
+        }
+        drop(relaying);
+        offsets
     }
 
     /// Delivers what this node has not delivered yet of a batch.
@@ -531,18 +651,43 @@ impl ClusterBroker {
                 crate::sync::lock(&self.histories, "cluster histories").answered(request, origin, entries);
             }
             Body::Presence(changes) => self.merge_presence(origin, &key, changes),
-            Body::Changes(relayed) => {
+            Body::Changes { numbered, relayed } => {
                 // A leader delivers what it streams itself.
-                if !self.is_leader() && self.relay.send(relayed).is_err() {
-                    warn!("cluster: row changes relay stopped");
+                if self.is_leader() {
+                    return;
                 }
+                let step = match numbered {
+                    Some((term, seq)) => {
+                        let run = sequence::Run { origin, term };
+                        crate::sync::lock(&self.sequencer, "cluster sequencer").batch(
+                            run,
+                            seq,
+                            relayed,
+                            std::time::Instant::now(),
+                        )
+                    }
+                    None => Step {
+                        deliver: vec![relayed],
+                        ask: None,
+                    },
+                };
+                self.follow(step);
             }
-            Body::Streams(postgres_changes, db_broadcast) => {
+            Body::Streams(postgres_changes, db_broadcast, span) => {
                 if !self.is_leader() && self.local.changes().is_some() {
                     *crate::sync::lock(&self.leader_heard, "cluster leader") = Some(tokio::time::Instant::now());
                     self.mirror_streams(postgres_changes, db_broadcast);
+                    if let Some(span) = span {
+                        let step = crate::sync::lock(&self.sequencer, "cluster sequencer").span(
+                            origin,
+                            span,
+                            std::time::Instant::now(),
+                        );
+                        self.follow(step);
+                    }
                 }
             }
+            Body::ChangesRequest(ask) => self.resend(ask),
             Body::SyncRequest { target } => {
                 if target.is_none_or(|t| t == self.origin) {
                     if let Some((hub, _)) = self.attached() {
@@ -813,19 +958,7 @@ impl Broker for Clustered {
     fn publish_changes<'a>(&'a self, batch: &'a Batch) -> Delivery<'a> {
         Box::pin(async move {
             let broker = &self.0;
-            let offsets = crate::sync::lock(&broker.offsets, "cluster offsets").of(batch);
-            match envelope::encode_changes(broker.origin, batch, &offsets) {
-                Some(bytes) => {
-                    if !broker.engine.publish(broker.changes_channel(), bytes) {
-                        warn!(
-                            changes = batch.changes.len(),
-                            "cluster engine queue full: row changes not relayed"
-                        );
-                        crate::observability::metrics::cluster_dropped(1);
-                    }
-                }
-                None => warn!(changes = batch.changes.len(), "row changes too large to relay"),
-            }
+            let offsets = broker.relay_changes(batch);
             broker.deliver_changes(batch, &offsets).await;
         })
     }
