@@ -19,6 +19,7 @@ pub mod registry;
 pub mod replication;
 pub mod rls;
 pub mod rls_shared;
+mod row_key;
 mod sql_tokens;
 pub mod subscribe;
 mod turns;

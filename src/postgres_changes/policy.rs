@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use super::catalog::{quote_ident, TableInfo};
 use super::group_equality::{required_equality, GroupEquality};
+use super::row_key::row_key;
 use super::sql_tokens::{tokenize, Token};
 
 /// The guard document for table `$1`, role `$2` and the `pg_catalog` functions named in
@@ -186,6 +187,9 @@ pub struct SharedPlan {
     /// A column every visible row holds equal to a group value (only the groups whose
     /// value is among a round's rows need asking).
     pub equality: Option<GroupEquality>,
+    /// The columns the policies read of their row, when nothing else of it: rows equal
+    /// in them get the same answers, so one of each is checked.
+    pub row_key: Option<Vec<usize>>,
 }
 
 impl SharedPlan {
@@ -417,6 +421,9 @@ fn shared(table: &TableInfo, guard: &Guard) -> Result<SharedPlan, String> {
         required.push(only);
     }
     let equality = required_equality(&required, table, &rewriter.values);
+    let all_quals: Vec<&str> = permissive.iter().chain(&restrictive).map(String::as_str).collect();
+    // Without the table's full column list, any word might be a column: no key.
+    let row_key = t.columns.as_deref().and_then(|all| row_key(&all_quals, table, all));
     // Postgres: no permissive policy means no row; restrictive ones all must pass.
     let mut qual = if permissive.is_empty() {
         "false".to_owned()
@@ -443,6 +450,7 @@ fn shared(table: &TableInfo, guard: &Guard) -> Result<SharedPlan, String> {
         builtins,
         functions_digest: h.finish(),
         equality,
+        row_key,
     })
 }
 

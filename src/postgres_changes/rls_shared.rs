@@ -370,8 +370,10 @@ async fn compute_values(
 /// builtins, $4 expected guard, $5 the transactions it must see, $6 row indexes, then one
 /// text[] per key column, then the group indexes and one text[] per group value.
 ///
-/// It answers a marker instead when the guard differs (-1) or its snapshot does not see
-/// the transactions (-2).
+/// It answers (row, group, null) for each visible pair, and (row, null, like) for a row
+/// checked through another alike in the columns the policies read ([`SharedPlan::row_key`]);
+/// or a marker instead when the guard differs (-1) or its snapshot does not see the
+/// transactions (-2).
 ///
 /// The round's rows and the groups are materialized first, and the policy reads the rows
 /// under the table's name. The planner then has no statistics for them, and estimates
@@ -412,17 +414,41 @@ fn statement(table: &TableInfo, plan: &SharedPlan) -> String {
     if join.is_empty() {
         join.push("false".to_owned());
     }
+    // With a row key, one row per distinct key is checked and the others are answered
+    // like it (the smallest index of each key stands for it).
+    let (alike, checked, like_rows) = match &plan.row_key {
+        Some(key) => {
+            let by: Vec<String> = key
+                .iter()
+                .map(|&c| format!("{own}.{}::text", quote_ident(&table.columns[c].name)))
+                .collect();
+            let window = match by.is_empty() {
+                true => "()".to_owned(),
+                false => format!("(partition by {})", by.join(", ")),
+            };
+            (
+                format!(
+                    "__rs_alike as materialized (select {own}.__rs_ki, min({own}.__rs_ki) over {window} as __rs_like \
+                     from __rs_rows as {own}), "
+                ),
+                "(select * from __rs_rows where __rs_ki in (select __rs_like from __rs_alike))",
+                "union all select __rs_ki, null, __rs_like from __rs_alike where __rs_ki <> __rs_like ",
+            )
+        }
+        None => (String::new(), "__rs_rows", ""),
+    };
     format!(
         "with __rs_guard as materialized (select {GUARD_FUNCTION}($1::oid, $2::text, $3::text[]) = $4::text::jsonb as __rs_ok), \
          __rs_seen as materialized (select ({}) = 0 as __rs_ok), \
-         __rs_rows as materialized (select __rs_k.__rs_ki, {own}.* from unnest({}) as __rs_k({}) join {}.{own} on {}), \
+         __rs_rows as materialized (select __rs_k.__rs_ki, {own}.* from unnest({}) as __rs_k({}) join {}.{own} on {}), {alike}\
          __rs_groups as materialized (select {} from unnest({}) as __rs_u({})) \
-         select {own}.__rs_ki, __rs_g.__rs_gi from __rs_guard cross join __rs_seen \
-         cross join __rs_rows as {own} \
+         select {own}.__rs_ki, __rs_g.__rs_gi, null::int4 from __rs_guard cross join __rs_seen \
+         cross join {checked} as {own} \
          cross join __rs_groups as __rs_g \
          where __rs_guard.__rs_ok and __rs_seen.__rs_ok and ({}) \
-         union all select -1, -1 from __rs_guard where not __rs_guard.__rs_ok \
-         union all select -2, -2 from __rs_seen where not __rs_seen.__rs_ok",
+         {like_rows}\
+         union all select -1, -1, null from __rs_guard where not __rs_guard.__rs_ok \
+         union all select -2, -2, null from __rs_seen where not __rs_seen.__rs_ok",
         not_visible("$5::int8[]"),
         key_args.join(", "),
         key_cols.join(", "),
@@ -531,8 +557,10 @@ async fn run(
     settings?;
     let classes = distinct.len() as u32;
     let mut pairs = Vec::new();
+    // (row, the row it is answered like)
+    let mut alike: Vec<(u32, u32)> = Vec::new();
     for row in result? {
-        let (Ok(r), Ok(g)) = (row.try_get::<_, i32>(0), row.try_get::<_, i32>(1)) else {
+        let Ok(r) = row.try_get::<_, i32>(0) else {
             continue;
         };
         match r {
@@ -540,9 +568,33 @@ async fn run(
             -2 => return Ok(Outcome::NotVisible),
             _ => {}
         }
-        if let (Ok(r), Ok(g)) = (u32::try_from(r), u32::try_from(g)) {
-            if g < classes {
-                pairs.push((r, g));
+        let Ok(r) = u32::try_from(r) else {
+            continue;
+        };
+        match (row.try_get::<_, Option<i32>>(1), row.try_get::<_, Option<i32>>(2)) {
+            (Ok(Some(g)), _) => {
+                if let Ok(g) = u32::try_from(g) {
+                    if g < classes {
+                        pairs.push((r, g));
+                    }
+                }
+            }
+            (_, Ok(Some(like))) => {
+                if let Ok(like) = u32::try_from(like) {
+                    alike.push((r, like));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !alike.is_empty() {
+        pairs.sort_unstable();
+        let checked = pairs.len();
+        for (r, like) in alike {
+            let from = pairs[..checked].partition_point(|p| p.0 < like);
+            let to = pairs[..checked].partition_point(|p| p.0 <= like);
+            for i in from..to {
+                pairs.push((r, pairs[i].1));
             }
         }
     }
