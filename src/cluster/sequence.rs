@@ -208,13 +208,13 @@ impl Sequencer {
             return step;
         }
         // A node that just started follows from here; otherwise a new run from its start.
-        self.enter(run, span.last + 1, &mut step);
+        self.enter(run, span.last.saturating_add(1), &mut step);
         let Following::Run { next, .. } = self.following else {
             return step;
         };
         if span.first > next {
             // Gone from the leader too: what arrived beyond is delivered, the rest is lost.
-            let lost = span.first - next - self.held.range(next..span.first).count() as u64;
+            let lost = (span.first - next).saturating_sub(self.held.range(next..span.first).count() as u64);
             if lost > 0 {
                 warn!(
                     batches = lost,
@@ -311,7 +311,7 @@ impl Sequencer {
         self.held = self.held.split_off(&next);
         while let Some(relayed) = self.held.remove(&next) {
             step.deliver.push(relayed);
-            next += 1;
+            next = next.saturating_add(1);
         }
         self.following = Following::Run { run, next };
         let known = self
@@ -352,12 +352,16 @@ impl Sequencer {
         let (Some(hole), Following::Run { run, next }) = (self.hole.take(), self.following) else {
             return;
         };
-        let resume = self.held.first_key_value().map_or(hole.known + 1, |(seq, _)| *seq);
+        let resume = self
+            .held
+            .first_key_value()
+            .map_or(hole.known.saturating_add(1), |(seq, _)| *seq);
+        let lost = resume.saturating_sub(next);
         warn!(
-            batches = resume - next,
+            batches = lost,
             "cluster: row changes the leader did not resend in time are lost on this node"
         );
-        crate::observability::metrics::cluster_dropped((resume - next) as usize);
+        crate::observability::metrics::cluster_dropped(usize::try_from(lost).unwrap_or(usize::MAX));
         self.following = Following::Run { run, next: resume };
     }
 }
@@ -499,6 +503,38 @@ mod tests {
                 to: u64::MAX
             })
         );
+    }
+
+    #[test]
+    fn numbers_at_the_ends_of_the_range_do_not_panic() {
+        let (mut s, now) = (Sequencer::default(), Instant::now());
+        s.batch(A, u64::MAX, r(1), now);
+        s.batch(A, u64::MAX, r(1), now);
+        let span = Span {
+            term: 1,
+            first: 0,
+            last: u64::MAX,
+        };
+        s.span(7, span, now);
+        s.tick(now + GIVE_UP);
+        let fresh = Span {
+            term: 5,
+            first: u64::MAX,
+            last: u64::MAX,
+        };
+        Sequencer::default().span(3, fresh, now);
+        let mut s = Sequencer::default();
+        s.batch(A, 1, r(1), now);
+        s.span(7, fresh_of(1), now);
+        s.tick(now + GIVE_UP);
+    }
+
+    fn fresh_of(term: u32) -> Span {
+        Span {
+            term,
+            first: 2,
+            last: u64::MAX,
+        }
     }
 
     #[test]
